@@ -1,0 +1,19 @@
+"""sc_celltherapy: identity and purity of cell-therapy product lots from single-cell RNA-seq.
+
+Scanpy's grammar (``sct.pp``, ``sct.tl``, ``sct.pl``) on AnnData, with scvi-tools underneath for
+reference mapping. Importing the package is light: torch and scvi-tools load only when a
+function needs them.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets, io, pl, pp, tl
+from ._settings import settings
+from ._validate import InputError
+
+try:
+    __version__ = version("sc-celltherapy")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["pp", "tl", "pl", "io", "datasets", "settings", "InputError", "__version__"]

@@ -1,0 +1,67 @@
+"""One settings object for the whole package (like ``scanpy.settings``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_ACCELERATORS = ("auto", "cpu", "gpu")
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get("SCT_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "sc_celltherapy" if xdg else Path.home() / ".cache" / "sc_celltherapy"
+
+
+@dataclass
+class Settings:
+    """Package-wide settings.
+
+    Attributes
+    ----------
+    verbosity
+        Level name of the ``sc_celltherapy`` logger (``"warning"``, ``"info"``, ``"debug"``).
+    seed
+        Default random seed for every stochastic step.
+    accelerator
+        ``"auto"`` uses a GPU when one is present, ``"cpu"`` never does, ``"gpu"`` requires one.
+    cache_dir
+        Where built reference bundles are cached (env ``SCT_CACHE_DIR`` overrides the default).
+    """
+
+    _verbosity: str = "warning"
+    seed: int = 0
+    _accelerator: str = "auto"
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+
+    @property
+    def verbosity(self) -> str:
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, level: str) -> None:
+        level = str(level).lower()
+        if level not in ("error", "warning", "info", "debug"):
+            msg = f"verbosity must be one of error/warning/info/debug, got {level!r}."
+            raise ValueError(msg)
+        self._verbosity = level
+        logging.getLogger("sc_celltherapy").setLevel(level.upper())
+
+    @property
+    def accelerator(self) -> str:
+        return self._accelerator
+
+    @accelerator.setter
+    def accelerator(self, value: str) -> None:
+        if value not in _ACCELERATORS:
+            msg = f"accelerator must be one of {_ACCELERATORS}, got {value!r}."
+            raise ValueError(msg)
+        self._accelerator = value
+
+
+settings = Settings()

@@ -1,0 +1,6 @@
+"""Plots. Each function returns a matplotlib figure and saves it when given a path."""
+
+from ._clusters import clusters
+from ._qc import qc
+
+__all__ = ["qc", "clusters"]

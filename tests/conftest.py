@@ -1,0 +1,72 @@
+"""Shared fixtures. Real data comes from ../shared/data (or $SCT_SHARED_DATA).
+
+Real-data tests skip on a machine without that folder, except in CI (CI=true), where a missing
+folder is an error: the tests that prove the method works must run there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CART_PRODUCT = "cart_product_P02_M0_filtered_feature_bc_matrix.h5"
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("SCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not (path / CART_PRODUCT).exists():
+        msg = f"real data not found in {path} (set SCT_SHARED_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cart_product_path(shared_data: Path) -> Path:
+    return shared_data / CART_PRODUCT
+
+
+@pytest.fixture(scope="session")
+def cart_product_qc(cart_product_path):
+    """The real CAR-T product after default QC (flags only, nothing removed). Read-only."""
+    import sc_celltherapy as sct
+
+    adata = sct.io.read(cart_product_path)
+    sct.pp.qc_metrics(adata)
+    sct.pp.flag_low_quality(adata)
+    sct.pp.doublets(adata)
+    return adata
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep every test's cache out of the user's home."""
+    import sc_celltherapy as sct
+
+    monkeypatch.setattr(sct.settings, "cache_dir", tmp_path_factory.getbasetemp() / "cache")
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    has_cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,42 @@
+"""Plots return figures, draw the thresholds, and save when asked."""
+
+from __future__ import annotations
+
+import pytest
+from matplotlib.figure import Figure
+
+import sc_celltherapy as sct
+
+
+@pytest.fixture(scope="module")
+def toy_qc():
+    adata = sct.datasets.toy_product(n_cells=500, seed=0)
+    sct.pp.qc_metrics(adata)
+    sct.pp.flag_low_quality(adata)
+    return adata
+
+
+def test_qc_plot_draws_thresholds(toy_qc, tmp_path):
+    fig = sct.pl.qc(toy_qc, save=tmp_path / "qc.png")
+    assert isinstance(fig, Figure)
+    assert (tmp_path / "qc.png").stat().st_size > 10_000
+    th = toy_qc.uns["sct_low_quality"]["thresholds"]["all"]
+    counts_axis = fig.axes[0]
+    lines = [line.get_xdata()[0] for line in counts_axis.lines]
+    assert any(abs(x - th["total_counts"][0]) < 1e-6 for x in lines)
+
+
+def test_qc_plot_needs_metrics():
+    adata = sct.datasets.toy_product(n_cells=100, seed=0)
+    with pytest.raises(sct.InputError, match="qc_metrics"):
+        sct.pl.qc(adata)
+
+
+def test_clusters_plot(tmp_path):
+    adata = sct.datasets.toy_product(n_cells=300, seed=0, low_quality_rate=0)
+    with pytest.raises(sct.InputError, match="sct.tl.cluster"):
+        sct.pl.clusters(adata)
+    sct.tl.cluster(adata, n_top_genes=300)
+    fig = sct.pl.clusters(adata, save=tmp_path / "clusters.png")
+    assert isinstance(fig, Figure)
+    assert (tmp_path / "clusters.png").stat().st_size > 10_000

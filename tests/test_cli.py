@@ -1,0 +1,56 @@
+"""The command line: the demo runs end to end; bad input exits 2 with a message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sc_celltherapy.cli import main
+
+
+def test_demo_runs(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sc_celltherapy", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "QC summary" in proc.stdout and "Clusters" in proc.stdout
+    for name in ("qc.png", "clusters.png", "lot.h5ad"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_help_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_qc_command_bad_input_exits_2(tmp_path, capsys):
+    code = main(["qc", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "out.h5ad")])
+    assert code == 2
+    assert "Input not found" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_qc_command_refuses_existing_output(cart_product_path, tmp_path, capsys):
+    out = tmp_path / "out.h5ad"
+    out.write_text("keep me")
+    assert main(["qc", str(cart_product_path), "--out", str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_qc_then_cluster_commands(cart_product_path, tmp_path):
+    qc_out, cl_out = tmp_path / "qc.h5ad", tmp_path / "cl.h5ad"
+    assert main(["qc", str(cart_product_path), "--out", str(qc_out)]) == 0
+    assert main(["cluster", str(qc_out), "--out", str(cl_out)]) == 0
+    import anndata as ad
+
+    adata = ad.read_h5ad(cl_out)
+    assert adata.uns["sct_qc"]["n_cells_after"] == adata.n_obs
+    assert adata.obs["sct_cluster"].nunique() > 3

@@ -1,0 +1,65 @@
+"""Package-level conventions: light import, scanpy-style signatures, settings."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import typing
+
+import pytest
+from anndata import AnnData
+
+import sc_celltherapy as sct
+
+NAMESPACES = {"pp": sct.pp, "tl": sct.tl, "pl": sct.pl}
+
+
+def test_import_is_light():
+    code = (
+        "import sys, sc_celltherapy as sct; "
+        "heavy = [m for m in ('torch', 'scvi', 'lightning') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"heavy modules imported at import time: {out.stdout}"
+
+
+def test_exposes_namespaces():
+    for name in ("pp", "tl", "pl", "io", "datasets", "settings"):
+        assert hasattr(sct, name)
+
+
+def _public_functions():
+    for ns_name, ns in NAMESPACES.items():
+        for name in ns.__all__:
+            obj = getattr(ns, name)
+            if inspect.isfunction(obj):
+                yield f"{ns_name}.{name}", obj
+
+
+@pytest.mark.parametrize(("name", "func"), list(_public_functions()))
+def test_signature_conventions(name, func):
+    """scanpy's grammar: ``adata`` first, everything else keyword-only, ``copy`` -> AnnData | None."""
+    params = list(inspect.signature(func).parameters.values())
+    assert params[0].name == "adata", f"{name}: first parameter must be adata"
+    assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    for p in params[1:]:
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {p.name} must be keyword-only"
+    hints = typing.get_type_hints(func)
+    if "copy" in inspect.signature(func).parameters:
+        assert set(typing.get_args(hints["return"])) == {AnnData, type(None)}, name
+    assert func.__doc__ and "Returns" in func.__doc__, f"{name}: docstring needs a Returns section"
+
+
+def test_datasets_are_keyword_only():
+    for func in (sct.datasets.toy_product,):
+        for p in inspect.signature(func).parameters.values():
+            assert p.kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_settings_validate():
+    with pytest.raises(ValueError, match="accelerator"):
+        sct.settings.accelerator = "tpu"
+    with pytest.raises(ValueError, match="verbosity"):
+        sct.settings.verbosity = "loud"
