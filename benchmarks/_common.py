@@ -1,0 +1,64 @@
+"""Shared helpers of the benchmarks: data location, machine facts, running a step in a child."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def shared_data() -> Path:
+    path = Path(os.environ.get("SCT_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not path.exists():
+        sys.exit(f"real data not found in {path}: set SCT_SHARED_DATA")
+    return path
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {
+            p: version(p)
+            for p in (
+                "sc-celltherapy",
+                "scanpy",
+                "anndata",
+                "numpy",
+                "scipy",
+                "scikit-learn",
+                "scvi-tools",
+                "torch",
+            )
+        },
+    }
+
+
+def run_child(module: str, *args: str) -> dict:
+    """Run ``python -m module args`` in a fresh process; it prints one JSON line last."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO / "benchmarks",
+        check=False,
+    )
+    if proc.returncode != 0:
+        sys.exit(f"{module} {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path

@@ -1,0 +1,92 @@
+"""QC + clustering: sc_celltherapy against the same steps written in plain scanpy.
+
+Run: ``python benchmarks/qc_cluster.py [--n-cells 50000]``. Each pipeline runs in its own fresh
+process (so peak memory is its own), on the real CAR-T product and on a lot resampled from the
+real CAR-T cells. Prints a table and writes ``benchmarks/results/qc_cluster.json``.
+Target: our wrapper costs at most 15% more time and memory than plain scanpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, run_child, shared_data, write_json  # noqa: E402
+
+SEED = 0
+
+
+def resampled_lot(n_cells: int, out: Path) -> Path:
+    """``n_cells`` drawn with replacement from the real CAR-T cells (product + labelled), each
+    binomially thinned to 80% of its counts so no two cells are identical."""
+    import anndata as ad
+    import numpy as np
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    data = shared_data()
+    product = sc.read_10x_h5(data / "cart_product_P02_M0_filtered_feature_bc_matrix.h5")
+    product.var_names_make_unique()
+    labelled = ad.read_h5ad(data / "cart_labelled_dev.h5ad")
+    labelled.var_names_make_unique()
+    pool = sp.vstack([product.X, labelled[:, product.var_names].X]).tocsr()
+    rng = np.random.default_rng(SEED)
+    rows = pool[rng.integers(0, pool.shape[0], n_cells)]
+    rows.data = rng.binomial(rows.data.astype(np.int64), 0.8).astype(np.float32)
+    rows.eliminate_zeros()
+    lot = ad.AnnData(X=rows, var=product.var.copy())
+    lot.obs_names = [f"cell{i:07d}" for i in range(n_cells)]
+    lot.write_h5ad(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n-cells", type=int, default=50_000)
+    args = parser.parse_args()
+
+    data = shared_data()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        big = resampled_lot(args.n_cells, Path(tmp) / "resampled.h5ad")
+        print(f"built the {args.n_cells}-cell lot in {time.perf_counter() - t0:.0f}s", flush=True)
+        inputs = {
+            "CAR-T product (1,099 barcodes)": data
+            / "cart_product_P02_M0_filtered_feature_bc_matrix.h5",
+            f"resampled CAR-T ({args.n_cells:,} cells)": big,
+        }
+        for name, path in inputs.items():
+            result = {"input": name}
+            for side in ("scanpy", "sct"):
+                r = run_child("_qc_cluster_child", side, str(path), str(SEED))
+                result[side] = r
+                print(f"  {name} / {side}: {r['seconds']:.1f}s, {r['peak_mb']:.0f} MB", flush=True)
+            result["time_ratio"] = result["sct"]["seconds"] / result["scanpy"]["seconds"]
+            result["memory_ratio"] = result["sct"]["peak_mb"] / result["scanpy"]["peak_mb"]
+            rows.append(result)
+
+    header = (
+        f"{'input':<34} {'scanpy s':>9} {'sct s':>8} {'time ratio':>10} "
+        f"{'scanpy MB':>10} {'sct MB':>8} {'mem ratio':>9} {'cells kept (scanpy/sct)':>24}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        kept = f"{r['scanpy']['cells_after_qc']}/{r['sct']['cells_after_qc']}"
+        print(
+            f"{r['input']:<34} {r['scanpy']['seconds']:>9.1f} {r['sct']['seconds']:>8.1f} "
+            f"{r['time_ratio']:>10.2f} {r['scanpy']['peak_mb']:>10.0f} {r['sct']['peak_mb']:>8.0f} "
+            f"{r['memory_ratio']:>9.2f} {kept:>24}"
+        )
+    path = write_json(
+        "qc_cluster", {"seed": SEED, "target": "ratio <= 1.15", "rows": rows, "machine": machine()}
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
