@@ -50,12 +50,24 @@ def cart_product_qc(cart_product_path):
     return adata
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep every test's cache out of the user's home."""
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the test session's cache out of the user's home. Session-scoped so that
+    session fixtures (the demo bundle) are built there too."""
     import sc_celltherapy as sct
 
-    monkeypatch.setattr(sct.settings, "cache_dir", tmp_path_factory.getbasetemp() / "cache")
+    before = sct.settings.cache_dir
+    sct.settings.cache_dir = tmp_path_factory.getbasetemp() / "cache"
+    yield
+    sct.settings.cache_dir = before
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(_isolated_cache):
+    """The embedded PBMC bundle, built once per test session in the test cache."""
+    import sc_celltherapy as sct
+
+    return sct.atlas.load("pbmc_demo")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,7 @@
+"""Reference atlases: locked, hash-verified scANVI bundles, and the manifests that describe them."""
+
+from ._bundle import BundleError, ReferenceBundle, build, verify
+from ._registry import list_bundles as list  # noqa: A001  (sct.atlas.list(), as the issue names it)
+from ._registry import load
+
+__all__ = ["build", "load", "verify", "list", "ReferenceBundle", "BundleError"]

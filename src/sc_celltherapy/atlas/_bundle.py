@@ -1,0 +1,473 @@
+"""Reference bundles: a trained scANVI model plus the manifest that locks it.
+
+A bundle is a directory::
+
+    bundle.json            name, version, genes, labels, versions, calibration, OOR statistics,
+                           and the sha256 of every other file
+    model/model.pt         the scvi-tools scANVI model (scvi's own save format)
+    reference_latent.npz   latent coordinates and labels of the training cells (for the
+                           out-of-reference score)
+
+``load`` verifies every hash and the scvi-tools version before anything is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._logging import logger, timed
+from .._validate import InputError, check_counts, check_obs_key, get_matrix
+from ..io import file_sha256, guess_species
+from . import _model
+
+BUNDLE_FORMAT = 1
+MANIFEST = "bundle.json"
+UNLABELED = "Unknown"
+# An out-of-reference threshold at this quantile of held-out reference cells' distances calls
+# 1% of cells that do belong to the reference "unassigned": the call's false-positive rate.
+OOR_QUANTILE = 0.99
+OOR_K = 15
+MAX_LATENT_CELLS = 50_000
+MIN_CELLS_PER_LABEL = 5
+
+
+class BundleError(InputError):
+    """A reference bundle is missing, tampered with, or incompatible with this installation."""
+
+
+@dataclass(frozen=True)
+class ReferenceBundle:
+    """A verified reference bundle on disk (see :func:`load`)."""
+
+    path: Path
+    manifest: dict = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def genes(self) -> list[str]:
+        return self.manifest["genes"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    @property
+    def sha256(self) -> str:
+        """One hash for the whole bundle (of bundle.json, which pins every other file)."""
+        return file_sha256(self.path / MANIFEST)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    def reference_latent(self) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(self.path / "reference_latent.npz", allow_pickle=False) as npz:
+            return npz["latent"], npz["labels"]
+
+    def __repr__(self) -> str:
+        return (
+            f"ReferenceBundle({self.name!r} v{self.version}, {len(self.labels)} labels, "
+            f"{len(self.genes)} genes, {self.path})"
+        )
+
+
+def build(
+    adata: AnnData,
+    *,
+    labels_key: str,
+    name: str,
+    version: str,
+    out_dir: str | os.PathLike,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    n_hvg: int = 2000,
+    n_latent: int = 10,
+    n_layers: int = 1,
+    max_epochs: int | None = None,
+    scanvi_max_epochs: int = 20,
+    holdout_fraction: float = 0.2,
+    species: str | None = None,
+    seed: int = 0,
+) -> ReferenceBundle:
+    """Train scVI then scANVI on a labelled reference and write a locked bundle.
+
+    A stratified ``holdout_fraction`` of each label is held out of training. On it the bundle
+    fits temperature scaling of scANVI's label probabilities (and measures the expected
+    calibration error before and after by two-fold cross-fitting) and the distribution of
+    distances to the nearest training cells in the latent space, whose 99th percentile becomes
+    the out-of-reference threshold.
+
+    Parameters
+    ----------
+    adata
+        Reference with raw counts in ``.X`` or ``layer`` and labels in ``obs[labels_key]``.
+    labels_key
+        Column of cell-type labels.
+    name, version
+        Identity of the bundle, recorded in ``bundle.json``.
+    out_dir
+        Directory to create; it must not exist (a bundle is never overwritten).
+    batch_key
+        Column of batches (donors, runs) for scVI; query lots become new batches at mapping.
+    layer
+        Layer with raw counts; ``None`` uses ``.X``.
+    n_hvg
+        Genes kept (seurat_v3 highly variable genes) when the reference has more.
+    n_latent, n_layers, max_epochs, scanvi_max_epochs
+        Model settings (``max_epochs=None``: scvi-tools' heuristic for scVI).
+    holdout_fraction
+        Fraction of each label held out for calibration and the OOR threshold.
+    species
+        ``"human"`` or ``"mouse"``; guessed from the genes when ``None``.
+    seed
+        Seed of the split and of training.
+
+    Returns
+    -------
+    The verified :class:`ReferenceBundle`.
+    """
+    out_dir = Path(out_dir)
+    _check_build_args(adata, labels_key, batch_key, layer, out_dir, holdout_fraction)
+    species = species or guess_species(adata)
+    ref = _reference_subset(
+        adata, layer=layer, labels_key=labels_key, batch_key=batch_key, n_hvg=n_hvg
+    )
+    train_mask = _stratified_split(ref.obs[labels_key].to_numpy(), holdout_fraction, seed)
+    train, held = ref[train_mask].copy(), ref[~train_mask].copy()
+
+    with timed(f"training scVI + scANVI on {train.n_obs} reference cells"):
+        model = _model.train_scanvi(
+            train,
+            labels_key=labels_key,
+            batch_key=batch_key,
+            unlabeled=UNLABELED,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            max_epochs=max_epochs,
+            scanvi_max_epochs=scanvi_max_epochs,
+            seed=seed,
+        )
+    with timed("calibration and out-of-reference statistics on held-out cells"):
+        labels = list(model.adata_manager.get_state_registry("labels")["categorical_mapping"])
+        labels = [lab for lab in labels if lab != UNLABELED]
+        truth = held.obs[labels_key].astype(str).to_numpy()
+        # predict held-out cells as a query would be: without their labels
+        held.obs[labels_key] = pd.Categorical([UNLABELED] * held.n_obs)
+        probs = _model.predict_probs(model, held, labels)
+        calibration = fit_calibration(probs, truth, labels, seed=seed)
+        train_latent = model.get_latent_representation()
+        held_latent = model.get_latent_representation(held)
+        keep = _subsample(train.n_obs, MAX_LATENT_CELLS, seed)
+        ref_latent = train_latent[keep]
+        ref_labels = train.obs[labels_key].astype(str).to_numpy()[keep]
+        held_dist = knn_distance(ref_latent, held_latent, k=OOR_K)
+        oor = {
+            "k": OOR_K,
+            "quantile": OOR_QUANTILE,
+            "threshold": float(np.quantile(held_dist, OOR_QUANTILE)),
+            "held_out_median": float(np.median(held_dist)),
+            "n_reference_cells": int(ref_latent.shape[0]),
+            "metric": "euclidean",
+        }
+        markers = _label_markers(ref, labels_key)
+
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "name": name,
+        "version": version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "species": species,
+        "labels_key": labels_key,
+        "batch_key": batch_key,
+        "batches": sorted(map(str, ref.obs[batch_key].unique())) if batch_key else [],
+        "labels": {lab: int((ref.obs[labels_key] == lab).sum()) for lab in labels},
+        "genes": list(map(str, ref.var_names)),
+        "gene_ids": list(map(str, ref.var["gene_ids"])) if "gene_ids" in ref.var else None,
+        "label_markers": markers,
+        "n_cells": {
+            "total": int(ref.n_obs),
+            "train": int(train.n_obs),
+            "held_out": int(held.n_obs),
+        },
+        "model": {
+            "class": "scvi.model.SCANVI",
+            "n_latent": n_latent,
+            "n_layers": n_layers,
+            "max_epochs": max_epochs,
+            "scanvi_max_epochs": scanvi_max_epochs,
+            "unlabeled_category": UNLABELED,
+        },
+        "calibration": calibration,
+        "oor": oor,
+        "seed": seed,
+        "versions": _versions(),
+    }
+    return _write_bundle(out_dir, model, ref_latent, ref_labels, manifest)
+
+
+def _check_build_args(adata, labels_key, batch_key, layer, out_dir, holdout_fraction) -> None:
+    if out_dir.exists():
+        msg = f"Bundle directory {out_dir} exists; a bundle is never overwritten. Choose another."
+        raise BundleError(msg)
+    if not 0.05 <= holdout_fraction <= 0.5:
+        msg = f"holdout_fraction must be in [0.05, 0.5], got {holdout_fraction}."
+        raise InputError(msg)
+    check_counts(adata, layer=layer)
+    check_obs_key(adata, labels_key, what="labels_key")
+    check_obs_key(adata, batch_key, what="batch_key")
+    labels = adata.obs[labels_key]
+    if labels.isna().any():
+        msg = f"{int(labels.isna().sum())} cells have no label in obs[{labels_key!r}]; drop them."
+        raise InputError(msg)
+    counts = labels.astype(str).value_counts()
+    if counts.size < 2:
+        msg = f"obs[{labels_key!r}] has {counts.size} label; a reference needs at least 2."
+        raise InputError(msg)
+    small = counts[counts < MIN_CELLS_PER_LABEL]
+    if not small.empty:
+        msg = (
+            f"Labels with fewer than {MIN_CELLS_PER_LABEL} cells cannot be learnt or calibrated: "
+            f"{small.to_dict()}."
+            " Merge or drop them."
+        )
+        raise InputError(msg)
+
+
+def _reference_subset(adata, *, layer, labels_key, batch_key, n_hvg) -> AnnData:
+    import scanpy as sc
+
+    obs_cols = [c for c in (labels_key, batch_key) if c is not None]
+    var = adata.var[["gene_ids"]] if "gene_ids" in adata.var else None
+    ref = AnnData(
+        X=get_matrix(adata, layer).copy(),
+        obs=adata.obs[obs_cols].copy(),
+        var=var.copy() if var is not None else None,
+    )
+    ref.var_names = adata.var_names
+    ref.obs[labels_key] = ref.obs[labels_key].astype(str).astype("category")
+    if batch_key is not None:
+        ref.obs[batch_key] = ref.obs[batch_key].astype(str).astype("category")
+    if ref.n_vars > n_hvg:
+        sc.pp.highly_variable_genes(
+            ref, n_top_genes=n_hvg, flavor="seurat_v3", subset=True, batch_key=batch_key
+        )
+    return ref
+
+
+def _stratified_split(labels: np.ndarray, holdout: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    train = np.ones(labels.size, dtype=bool)
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        n_held = max(2, int(round(holdout * idx.size)))
+        train[rng.choice(idx, n_held, replace=False)] = False
+    return train
+
+
+def _subsample(n: int, cap: int, seed: int) -> np.ndarray:
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+
+
+def _label_markers(ref: AnnData, labels_key: str, n: int = 10) -> dict[str, list[str]]:
+    """Top genes per label (Wilcoxon on log-normalised counts), to name missing genes later."""
+    import scanpy as sc
+
+    tmp = AnnData(X=ref.X.copy(), obs=ref.obs[[labels_key]].copy())
+    tmp.var_names = ref.var_names
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    sc.tl.rank_genes_groups(tmp, labels_key, method="wilcoxon", n_genes=n)
+    names = tmp.uns["rank_genes_groups"]["names"]
+    return {lab: [str(g) for g in names[lab]] for lab in names.dtype.names}
+
+
+def knn_distance(reference: np.ndarray, query: np.ndarray, *, k: int) -> np.ndarray:
+    """Mean Euclidean distance of each query point to its ``k`` nearest reference points."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=min(k, reference.shape[0])).fit(reference)
+    dist, _ = nn.kneighbors(query)
+    return dist.mean(axis=1)
+
+
+def fit_calibration(probs: np.ndarray, truth: np.ndarray, labels: list[str], *, seed: int) -> dict:
+    """Temperature scaling of label probabilities, with its ECE measured by two-fold cross-fitting.
+
+    The temperature stored is fitted on all held-out cells; the ECE reported for it comes from
+    fitting on one half and measuring on the other (both ways), so it is not optimistic.
+    """
+    y = np.array([labels.index(t) if t in labels else -1 for t in truth])
+    ok = y >= 0
+    probs, y = probs[ok], y[ok]
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(y.size) % 2
+    calibrated = np.empty_like(probs)
+    for f in (0, 1):
+        t = _fit_temperature(probs[fold != f], y[fold != f])
+        calibrated[fold == f] = apply_temperature(probs[fold == f], t)
+    temperature = _fit_temperature(probs, y)
+    return {
+        "method": "temperature scaling",
+        "temperature": temperature,
+        "ece_uncalibrated": expected_calibration_error(probs, y),
+        "ece_calibrated": expected_calibration_error(calibrated, y),
+        "ece_measured_by": "two-fold cross-fitting on held-out reference cells",
+        "n_held_out": int(y.size),
+    }
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    logits = np.log(np.clip(probs, 1e-12, 1)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def _fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        p = apply_temperature(probs, float(np.exp(log_t)))
+        return -float(np.mean(np.log(np.clip(p[np.arange(y.size), y], 1e-12, 1))))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE: confidence vs accuracy in equal-width bins, weighted by bin size."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0, 1, n_bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
+    return float(ece)
+
+
+def _versions() -> dict[str, str]:
+    return {p: version(p) for p in ("sc-celltherapy", "scvi-tools", "torch", "anndata", "scanpy")}
+
+
+def _write_bundle(out_dir: Path, model, latent, labels, manifest: dict) -> ReferenceBundle:
+    """Write into a temporary sibling, hash every file, then rename into place (atomic)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save(str(tmp / "model"), save_anndata=False)
+        np.savez(
+            tmp / "reference_latent.npz",
+            latent=latent.astype(np.float32),
+            labels=labels.astype(str),
+        )
+        manifest["files"] = {
+            p.relative_to(tmp).as_posix(): file_sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote reference bundle %s", out_dir)
+    return verify(out_dir)
+
+
+def verify(path: str | os.PathLike) -> ReferenceBundle:
+    """Check a bundle's files against its hashes and its versions against this installation.
+
+    Raises :class:`BundleError` naming the changed, missing or extra file, or the versions.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        msg = f"{path} is not a reference bundle: {MANIFEST} is missing."
+        raise BundleError(msg)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError) as err:
+        msg = f"{manifest_path} is corrupt ({err}); rebuild or re-copy the bundle."
+        raise BundleError(msg) from err
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        msg = (
+            f"Bundle {path}: {MANIFEST} has been edited (its content no longer matches its "
+            "recorded digest). Re-copy or rebuild the bundle."
+        )
+        raise BundleError(msg)
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    present.discard(MANIFEST)
+    missing = sorted(set(files) - present)
+    extra = sorted(present - set(files))
+    if missing:
+        msg = f"Bundle {path} is incomplete: missing file(s) {missing}. Re-copy the bundle."
+        raise BundleError(msg)
+    if extra:
+        msg = (
+            f"Bundle {path} has file(s) not in its manifest: {extra}. A locked bundle must not "
+            "change; remove them or re-copy the bundle."
+        )
+        raise BundleError(msg)
+    for rel, expected in files.items():
+        found = file_sha256(path / rel)
+        if found != expected:
+            msg = (
+                f"Bundle {path}: file {rel!r} has changed (sha256 {found[:12]}..., expected "
+                f"{expected[:12]}...). The bundle was modified; re-copy or rebuild it."
+            )
+            raise BundleError(msg)
+    _check_versions(path, manifest)
+    return ReferenceBundle(path=path, manifest=manifest)
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON, without its own digest field."""
+    import hashlib
+
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _check_versions(path: Path, manifest: dict) -> None:
+    if manifest.get("format") != BUNDLE_FORMAT:
+        msg = f"Bundle {path} has format {manifest.get('format')}; this version reads {BUNDLE_FORMAT}."
+        raise BundleError(msg)
+    built = manifest.get("versions", {}).get("scvi-tools", "0")
+    installed = version("scvi-tools")
+    if _major_minor(built)[0] != _major_minor(installed)[0] or _major_minor(built) > _major_minor(
+        installed
+    ):
+        msg = (
+            f"Bundle {path} was built with scvi-tools {built}; installed is {installed}, which "
+            f"cannot load it safely. Install scvi-tools=={built} or rebuild the bundle."
+        )
+        raise BundleError(msg)
+
+
+def _major_minor(v: str) -> tuple[int, int]:
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in v.split(".")[:2]]
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]

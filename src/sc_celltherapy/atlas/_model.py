@@ -1,0 +1,120 @@
+"""The scvi-tools side of bundles: training, loading, query surgery, prediction.
+
+Everything that imports torch, lightning or scvi lives here, imported lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import numpy as np
+from anndata import AnnData
+
+from .._settings import settings
+
+
+def accelerator() -> str:
+    """Lightning accelerator from ``settings.accelerator``; ``"gpu"`` requires a CUDA device."""
+    import torch
+
+    if settings.accelerator == "cpu":
+        return "cpu"
+    has_gpu = torch.cuda.is_available()
+    if settings.accelerator == "gpu" and not has_gpu:
+        from .._validate import InputError
+
+        msg = "settings.accelerator='gpu' but no CUDA device is available; use 'auto' or 'cpu'."
+        raise InputError(msg)
+    return "gpu" if has_gpu else "cpu"
+
+
+@contextmanager
+def quiet_training():
+    """Silence lightning's banner lines unless the package logs at info level or below."""
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi")
+    old = {n: logging.getLogger(n).level for n in names}
+    if settings.verbosity in ("warning", "error"):
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, level in old.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def _trainer_kwargs() -> dict:
+    return {
+        "accelerator": accelerator(),
+        "devices": 1,
+        "enable_progress_bar": settings.verbosity in ("info", "debug"),
+        "enable_model_summary": False,
+        "logger": False,
+    }
+
+
+def _seed(seed: int) -> None:
+    import scvi
+
+    scvi.settings.seed = seed
+
+
+def train_scanvi(
+    train: AnnData,
+    *,
+    labels_key,
+    batch_key,
+    unlabeled,
+    n_latent,
+    n_layers,
+    max_epochs,
+    scanvi_max_epochs,
+    seed,
+):
+    import scvi
+
+    with quiet_training():
+        _seed(seed)
+        scvi.model.SCVI.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
+        vae = scvi.model.SCVI(train, n_latent=n_latent, n_layers=n_layers)
+        vae.train(max_epochs=max_epochs, train_size=1.0, **_trainer_kwargs())
+        _seed(seed)
+        lvae = scvi.model.SCANVI.from_scvi_model(
+            vae, unlabeled_category=unlabeled, labels_key=labels_key
+        )
+        lvae.train(
+            max_epochs=scanvi_max_epochs,
+            train_size=1.0,
+            n_samples_per_label=100,
+            **_trainer_kwargs(),
+        )
+    return lvae
+
+
+def predict_probs(model, adata: AnnData, labels: list[str]) -> np.ndarray:
+    """Soft label predictions as an array with columns in the order of ``labels``."""
+    soft = model.predict(adata, soft=True)
+    return soft[labels].to_numpy(dtype=np.float64)
+
+
+def map_query(query: AnnData, model_dir: str, *, train: bool, max_epochs: int, seed: int):
+    """scArches surgery: load the query onto the reference model. Only batch-specific weights
+    are trained, and only when the query brings batches the reference has not seen; otherwise
+    the reference encoder applies as it is (no training, nothing stochastic)."""
+    import scvi
+
+    with quiet_training():
+        scvi.model.SCANVI.prepare_query_anndata(query, model_dir)
+        _seed(seed)
+        model = scvi.model.SCANVI.load_query_data(query, model_dir, accelerator=accelerator())
+        if train and max_epochs > 0:
+            _seed(seed)
+            model.train(
+                max_epochs=max_epochs,
+                train_size=1.0,
+                plan_kwargs={"weight_decay": 0.0},
+                **_trainer_kwargs(),
+            )
+        model.is_trained_ = True
+    return model

@@ -1,0 +1,102 @@
+"""Finding bundles: by path, by name in the cache, or the embedded demo built on first use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .._logging import timed
+from .._settings import settings
+from ._bundle import BundleError, ReferenceBundle, build, verify
+
+DEMO_NAME = "pbmc_demo"
+DEMO_VERSION = "1.0"
+
+
+def bundles_dir() -> Path:
+    return Path(settings.cache_dir) / "bundles"
+
+
+def load(name_or_path: str | os.PathLike | ReferenceBundle) -> ReferenceBundle:
+    """Load a reference bundle after verifying every file's hash and the scvi-tools version.
+
+    Parameters
+    ----------
+    name_or_path
+        A bundle directory, the name of a bundle in ``settings.cache_dir``, or ``"pbmc_demo"``:
+        the embedded PBMC reference, built from :func:`sct.datasets.pbmc_reference` on first use
+        (about a minute on two CPU cores) and cached.
+
+    Returns
+    -------
+    The verified :class:`ReferenceBundle`. A changed, missing or extra file, or an incompatible
+    scvi-tools, raises :class:`BundleError` naming it.
+    """
+    if isinstance(name_or_path, ReferenceBundle):
+        return verify(name_or_path.path)
+    path = Path(name_or_path)
+    if path.exists():
+        return verify(path)
+    name = str(name_or_path)
+    if name == DEMO_NAME:
+        return _demo_bundle()
+    cached = sorted(bundles_dir().glob(f"{name}-*")) if bundles_dir().exists() else []
+    if cached:
+        return verify(cached[-1])
+    available = list_bundles()["name"].tolist()
+    msg = (
+        f"No reference bundle {name!r} (not a directory, not in {bundles_dir()}). Available: "
+        f"{available}. Build one with sct.atlas.build or `sc-celltherapy atlas build`."
+    )
+    raise BundleError(msg)
+
+
+def _demo_bundle() -> ReferenceBundle:
+    from ..datasets import pbmc_reference
+
+    path = bundles_dir() / f"{DEMO_NAME}-{DEMO_VERSION}"
+    if path.exists():
+        return verify(path)
+    with timed("building the embedded pbmc_demo reference (first use)"):
+        return build(
+            pbmc_reference(),
+            labels_key="cell_type",
+            name=DEMO_NAME,
+            version=DEMO_VERSION,
+            out_dir=path,
+            seed=0,
+        )
+
+
+def list_bundles() -> pd.DataFrame:
+    """Bundles in the cache and the atlas / profile manifests that ship with the package.
+
+    Returns
+    -------
+    DataFrame with ``name``, ``kind`` (``bundle``, ``atlas`` or ``profile``), ``version``,
+    ``species`` and ``path``.
+    """
+    rows = []
+    if bundles_dir().exists():
+        for path in sorted(bundles_dir().iterdir()):
+            if (path / "bundle.json").is_file():
+                import json
+
+                m = json.loads((path / "bundle.json").read_text())
+                rows.append(
+                    {
+                        "name": m.get("name"),
+                        "kind": "bundle",
+                        "version": m.get("version"),
+                        "species": m.get("species"),
+                        "path": str(path),
+                    }
+                )
+    frame = pd.DataFrame(rows, columns=["name", "kind", "version", "species", "path"])
+    try:
+        from ._manifests import list_manifests
+    except ImportError:  # manifests not installed: bundles only
+        return frame
+    return pd.concat([frame, list_manifests()[frame.columns]], ignore_index=True)

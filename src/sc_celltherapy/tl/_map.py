@@ -1,0 +1,202 @@
+"""Mapping a lot onto a reference bundle: scArches surgery, calibrated labels, out-of-reference."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._logging import logger, timed
+from .._utils import uns_safe
+from .._validate import InputError, check_lot, get_matrix
+from ..io import guess_species
+
+
+class MappingWarning(UserWarning):
+    """Mapping ran, but on a gene overlap low enough to weaken the result."""
+
+
+def map_to_reference(
+    adata: AnnData,
+    reference,
+    *,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    max_epochs: int | None = None,
+    min_gene_overlap: float = 0.5,
+    warn_gene_overlap: float = 0.8,
+    seed: int = 0,
+    key_added: str = "sct_ref",
+) -> None:
+    """Map a lot onto a reference bundle (scANVI with scArches surgery).
+
+    Genes are gated first: the fraction of the reference's genes found in the lot (by symbol,
+    or by Ensembl id through ``.var["gene_ids"]``) is computed and stored; below
+    ``min_gene_overlap`` mapping is refused, below ``warn_gene_overlap`` a warning lists the
+    reference's marker genes that are missing. A lot whose genes look like another species than
+    the reference's is refused. The lot is then loaded onto the reference model
+    (``SCANVI.prepare_query_anndata`` + ``load_query_data``); only when it brings batches the
+    reference has not seen are the batch-specific weights trained (``max_epochs``).
+
+    Parameters
+    ----------
+    adata
+        Lot with raw counts in ``.X`` or ``layer``.
+    reference
+        A :class:`~sc_celltherapy.atlas.ReferenceBundle`, a bundle path or name (``"pbmc_demo"``).
+    batch_key
+        Column of ``.obs`` with the lot's batches (channels); ``None`` treats the lot as one.
+    layer
+        Layer with raw counts; ``None`` uses ``.X``.
+    max_epochs
+        Surgery epochs when new batches are trained (``None``: 10-50 by lot size).
+    min_gene_overlap, warn_gene_overlap
+        Gene-overlap limits (fractions of the reference's genes).
+    seed
+        Seed of surgery training (mapping is deterministic on CPU for a fixed seed).
+    key_added
+        Prefix of the result keys.
+
+    Returns
+    -------
+    Nothing; adds ``adata.obsm[f"X_{key_added}"]`` (latent), ``adata.obs[f"{key_added}_label"]``,
+    ``adata.obs[f"{key_added}_prob"]`` (calibrated probability of that label),
+    ``adata.obsm[f"{key_added}_probs"]`` (DataFrame, all labels, calibrated),
+    ``adata.obs[f"{key_added}_oor_score"]`` (mean latent distance to the 15 nearest reference
+    cells over the build-time threshold: higher is further from the reference, > 1 is beyond
+    what 99% of held-out reference cells reach), ``adata.obs[f"{key_added}_unassigned"]`` (bool,
+    score > 1) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap, settings,
+    seed, whether surgery trained).
+    """
+    from ..atlas import load
+    from ..atlas._bundle import UNLABELED, apply_temperature, knn_distance
+    from ..atlas._model import accelerator, map_query, predict_probs
+
+    check_lot(adata, layer=layer, batch_key=batch_key)
+    bundle = load(reference)
+    manifest = bundle.manifest
+    _check_species(adata, manifest)
+    ref_genes = pd.Index(bundle.genes)
+    query_cols, overlap, missing = _match_genes(adata, manifest)
+    if overlap < min_gene_overlap:
+        msg = (
+            f"Only {overlap:.0%} of the reference's {ref_genes.size} genes are in the lot "
+            f"({int(round(overlap * ref_genes.size))} genes), below the {min_gene_overlap:.0%} "
+            f"needed to map onto {bundle.name!r}. Check the gene names (symbols vs Ensembl "
+            "ids) or use a reference built on this assay's genes."
+        )
+        raise InputError(msg)
+    if overlap < warn_gene_overlap:
+        markers = sorted(
+            {g for genes in manifest.get("label_markers", {}).values() for g in genes}
+            & set(missing)
+        )
+        msg = (
+            f"Only {overlap:.0%} of the reference's genes are in the lot; missing marker "
+            f"genes of reference labels: {markers[:30]}. Label calls that rest on them are "
+            "weakened."
+        )
+        warnings.warn(msg, MappingWarning, stacklevel=2)
+
+    query = _query_anndata(adata, layer, query_cols, ref_genes, manifest, batch_key, UNLABELED)
+    new_batches = _new_batches(query, manifest)
+    epochs = max_epochs if max_epochs is not None else max(10, min(50, 200_000 // adata.n_obs))
+    with timed(f"mapping {adata.n_obs} cells onto {bundle.name}"):
+        model = map_query(
+            query, str(bundle.model_dir), train=bool(new_batches), max_epochs=epochs, seed=seed
+        )
+        latent = model.get_latent_representation(query)
+        labels = list(manifest["labels"])
+        probs = apply_temperature(
+            predict_probs(model, query, labels), manifest["calibration"]["temperature"]
+        )
+        ref_latent, _ = bundle.reference_latent()
+        oor = manifest["oor"]
+        score = knn_distance(ref_latent, latent, k=oor["k"]) / oor["threshold"]
+
+    best = probs.argmax(axis=1)
+    adata.obsm[f"X_{key_added}"] = latent.astype(np.float32)
+    adata.obs[f"{key_added}_label"] = pd.Categorical(np.asarray(labels)[best], categories=labels)
+    adata.obs[f"{key_added}_prob"] = probs[np.arange(adata.n_obs), best]
+    adata.obsm[f"{key_added}_probs"] = pd.DataFrame(probs, index=adata.obs_names, columns=labels)
+    adata.obs[f"{key_added}_oor_score"] = score
+    adata.obs[f"{key_added}_unassigned"] = score > 1.0
+    adata.uns[key_added] = uns_safe(
+        {
+            "bundle": bundle.name,
+            "version": bundle.version,
+            "sha256": bundle.sha256,
+            "path": str(bundle.path),
+            "gene_overlap": overlap,
+            "n_reference_genes": int(ref_genes.size),
+            "n_missing_genes": len(missing),
+            "labels": labels,
+            "calibration_temperature": manifest["calibration"]["temperature"],
+            "oor_threshold": oor["threshold"],
+            "oor_quantile": oor["quantile"],
+            "surgery_trained": bool(new_batches),
+            "new_batches": new_batches,
+            "max_epochs": epochs if new_batches else 0,
+            "batch_key": batch_key,
+            "seed": seed,
+            "accelerator": accelerator(),
+            "n_unassigned": int((score > 1.0).sum()),
+        }
+    )
+    logger.info("mapped %d cells; %d unassigned", adata.n_obs, int((score > 1).sum()))
+
+
+def _check_species(adata: AnnData, manifest: dict) -> None:
+    ref_species = manifest.get("species", "unknown")
+    query_species = guess_species(adata)
+    if "unknown" not in (ref_species, query_species) and ref_species != query_species:
+        msg = (
+            f"The lot's genes look {query_species} but reference {manifest['name']!r} is "
+            f"{ref_species}: species mismatch. Map onto a {query_species} reference, or convert "
+            "gene names to orthologues first."
+        )
+        raise InputError(msg)
+
+
+def _match_genes(adata: AnnData, manifest: dict) -> tuple[np.ndarray, float, list[str]]:
+    """Column of the lot for each reference gene (-1 if absent), by symbol or Ensembl id."""
+    ref_genes = pd.Index(manifest["genes"])
+    cols = adata.var_names.get_indexer(ref_genes)
+    ref_ids = manifest.get("gene_ids")
+    if ref_ids and "gene_ids" in adata.var:
+        by_id = pd.Index(adata.var["gene_ids"].astype(str)).get_indexer(pd.Index(ref_ids))
+        if (by_id >= 0).sum() > (cols >= 0).sum():
+            cols = by_id
+    found = cols >= 0
+    return cols, float(found.mean()), list(ref_genes[~found])
+
+
+def _query_anndata(adata, layer, cols, ref_genes, manifest, batch_key, unlabeled) -> AnnData:
+    """Counts of the reference's genes (zeros where absent), labels unknown, batch set."""
+    import scipy.sparse as sp
+
+    found = np.flatnonzero(cols >= 0)
+    # counts @ selection: column j of the result is the lot's gene cols[j] (zeros where absent)
+    selection = sp.csr_matrix(
+        (np.ones(found.size, dtype=np.float32), (cols[found], found)),
+        shape=(adata.n_vars, ref_genes.size),
+    )
+    X = sp.csr_matrix(get_matrix(adata, layer), dtype=np.float32) @ selection
+    query = AnnData(X=sp.csr_matrix(X), obs=pd.DataFrame(index=adata.obs_names.copy()))
+    query.var_names = ref_genes
+    query.obs[manifest["labels_key"]] = unlabeled
+    ref_batch = manifest.get("batch_key")
+    if ref_batch:
+        values = adata.obs[batch_key].astype(str).to_numpy() if batch_key else "query_lot"
+        query.obs[ref_batch] = values
+    return query
+
+
+def _new_batches(query: AnnData, manifest: dict) -> list[str]:
+    ref_batch = manifest.get("batch_key")
+    if not ref_batch:
+        return []
+    known = set(manifest.get("batches", []))
+    return sorted(set(query.obs[ref_batch].astype(str)) - known)

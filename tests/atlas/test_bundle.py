@@ -1,0 +1,112 @@
+"""Reference bundles: built, locked by hashes, refused when tampered with or incompatible."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import sc_celltherapy as sct
+from sc_celltherapy.atlas import BundleError
+from sc_celltherapy.atlas._bundle import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_calibration,
+    manifest_digest,
+)
+
+
+def test_demo_bundle_contents(demo_bundle):
+    m = demo_bundle.manifest
+    assert m["name"] == "pbmc_demo" and len(m["genes"]) == 765
+    assert sum(m["labels"].values()) == 700 and len(m["labels"]) == 10
+    assert m["n_cells"]["held_out"] + m["n_cells"]["train"] == 700
+    assert set(m["versions"]) >= {"sc-celltherapy", "scvi-tools", "torch"}
+    assert 0 < m["calibration"]["temperature"] < 20
+    assert 0 <= m["calibration"]["ece_calibrated"] <= 1
+    assert m["oor"]["threshold"] > m["oor"]["held_out_median"] > 0
+    assert set(m["files"]) == {"model/model.pt", "reference_latent.npz"}
+    assert all(len(h) == 64 for h in m["files"].values())
+
+
+def test_cached_demo_loads_without_rebuilding(demo_bundle):
+    again = sct.atlas.load("pbmc_demo")
+    assert again.path == demo_bundle.path and again.sha256 == demo_bundle.sha256
+    assert "pbmc_demo" in set(sct.atlas.list()["name"])
+
+
+@pytest.fixture
+def bundle_copy(demo_bundle, tmp_path):
+    path = tmp_path / "bundle"
+    shutil.copytree(demo_bundle.path, path)
+    return path
+
+
+def test_changed_file_refused(bundle_copy):
+    with open(bundle_copy / "reference_latent.npz", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="'reference_latent.npz' has changed"):
+        sct.atlas.load(bundle_copy)
+
+
+def test_missing_file_refused(bundle_copy):
+    (bundle_copy / "model" / "model.pt").unlink()
+    with pytest.raises(BundleError, match=r"missing file\(s\) \['model/model.pt'\]"):
+        sct.atlas.load(bundle_copy)
+
+
+def test_extra_file_refused(bundle_copy):
+    (bundle_copy / "notes.txt").write_text("added later")
+    with pytest.raises(BundleError, match=r"not in its manifest: \['notes.txt'\]"):
+        sct.atlas.load(bundle_copy)
+
+
+def test_edited_manifest_refused(bundle_copy):
+    m = json.loads((bundle_copy / "bundle.json").read_text())
+    m["calibration"]["temperature"] = 0.1
+    (bundle_copy / "bundle.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="bundle.json has been edited"):
+        sct.atlas.load(bundle_copy)
+
+
+def test_incompatible_scvi_version_refused(bundle_copy):
+    m = json.loads((bundle_copy / "bundle.json").read_text())
+    m["versions"]["scvi-tools"] = "2.0.0"
+    m["manifest_sha256"] = manifest_digest(m)  # as if genuinely built with scvi-tools 2.0
+    (bundle_copy / "bundle.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="built with scvi-tools 2.0.0"):
+        sct.atlas.load(bundle_copy)
+
+
+def test_unknown_bundle_name():
+    with pytest.raises(BundleError, match="No reference bundle 'nonexistent'"):
+        sct.atlas.load("nonexistent")
+
+
+def test_build_refuses_existing_dir_and_bad_labels(tmp_path):
+    ref = sct.datasets.pbmc_reference()
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(BundleError, match="never overwritten"):
+        sct.atlas.build(
+            ref, labels_key="cell_type", name="x", version="1", out_dir=tmp_path / "exists"
+        )
+    with pytest.raises(sct.InputError, match="labels_key 'celltype' not found"):
+        sct.atlas.build(ref, labels_key="celltype", name="x", version="1", out_dir=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_temperature_scaling_fixes_overconfidence():
+    """Known truth: probabilities sharpened by T=3 are recovered by fitting T ~ 1/3."""
+    rng = np.random.default_rng(0)
+    n, k = 4000, 4
+    true_p = rng.dirichlet(np.ones(k) * 0.7, n)
+    y = np.array([rng.choice(k, p=p) for p in true_p])
+    overconfident = apply_temperature(true_p, 1 / 3)
+    labels = [str(i) for i in range(k)]
+    cal = fit_calibration(overconfident, np.array(labels)[y], labels, seed=0)
+    assert cal["temperature"] == pytest.approx(3.0, rel=0.15)
+    assert cal["ece_uncalibrated"] > 0.1
+    assert cal["ece_calibrated"] < 0.03
+    assert expected_calibration_error(true_p, y) < 0.03

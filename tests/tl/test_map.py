@@ -1,0 +1,71 @@
+"""Mapping onto a reference: gene gating, species check, determinism, real lots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sc_celltherapy as sct
+from sc_celltherapy.tl import MappingWarning
+
+T_LABELS = {
+    "CD4+/CD25 T Reg",
+    "CD4+/CD45RA+/CD25- Naive T",
+    "CD4+/CD45RO+ Memory",
+    "CD8+ Cytotoxic T",
+    "CD8+/CD45RA+ Naive Cytotoxic",
+}
+
+
+@pytest.fixture(scope="module")
+def mapped_product(cart_product_qc, demo_bundle):
+    adata = sct.pp.filter_cells(cart_product_qc, copy=True)
+    sct.tl.map_to_reference(adata, demo_bundle)
+    return adata
+
+
+def test_cart_product_maps_to_t_cells(mapped_product):
+    obs = mapped_product.obs
+    assigned = ~obs["sct_ref_unassigned"]
+    t_fraction = obs.loc[assigned, "sct_ref_label"].isin(T_LABELS).mean()
+    assert t_fraction > 0.7, obs["sct_ref_label"].value_counts()
+    probs = mapped_product.obsm["sct_ref_probs"]
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(probs.max(axis=1), obs["sct_ref_prob"], atol=1e-9)
+    rec = mapped_product.uns["sct_ref"]
+    assert rec["bundle"] == "pbmc_demo" and len(rec["sha256"]) == 64
+    # 59 of the 765 reference genes carry pre-2016 symbols (ATPIF1, SEPT7, ...) that the
+    # GRCh38-2020 product annotation renamed: 92.3% overlap, measured
+    assert rec["gene_overlap"] == pytest.approx(706 / 765, abs=1e-9)
+    assert mapped_product.obsm["X_sct_ref"].shape == (mapped_product.n_obs, 10)
+
+
+def test_mapping_is_deterministic(demo_bundle):
+    lot = sct.datasets.pbmc_reference()[:200].copy()
+    a, b = lot.copy(), lot.copy()
+    sct.tl.map_to_reference(a, demo_bundle, seed=0)
+    sct.tl.map_to_reference(b, demo_bundle, seed=0)
+    np.testing.assert_array_equal(a.obsm["X_sct_ref"], b.obsm["X_sct_ref"])
+    np.testing.assert_array_equal(a.obs["sct_ref_oor_score"], b.obs["sct_ref_oor_score"])
+
+
+def test_low_gene_overlap_refused(demo_bundle):
+    lot = sct.datasets.pbmc_reference()
+    lot = lot[:, : int(0.4 * lot.n_vars)].copy()
+    with pytest.raises(sct.InputError, match=r"Only 40% of the reference's 765 genes"):
+        sct.tl.map_to_reference(lot, demo_bundle)
+
+
+def test_partial_gene_overlap_warns_with_missing_markers(demo_bundle):
+    lot = sct.datasets.pbmc_reference()
+    lot = lot[:, : int(0.7 * lot.n_vars)].copy()
+    with pytest.warns(MappingWarning, match="missing marker genes"):
+        sct.tl.map_to_reference(lot, demo_bundle)
+    assert lot.uns["sct_ref"]["gene_overlap"] == pytest.approx(0.7, abs=0.01)
+
+
+def test_mouse_genes_refused(demo_bundle):
+    lot = sct.datasets.pbmc_reference()
+    lot.var_names = [g.capitalize() for g in lot.var_names]
+    with pytest.raises(sct.InputError, match="look mouse but reference 'pbmc_demo' is human"):
+        sct.tl.map_to_reference(lot, demo_bundle)
