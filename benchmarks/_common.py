@@ -43,10 +43,20 @@ def machine() -> dict:
     }
 
 
-def run_child(module: str, *args: str) -> dict:
-    """Run ``python -m module args`` in a fresh process; it prints one JSON line last."""
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process's address space (VmHWM, Linux). Unlike ru_maxrss,
+    which Linux carries over exec from the parent, it counts this program alone."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not in /proc/self/status: peak memory needs Linux")
+
+
+def run_child(module: str, *args: str, python: str | None = None) -> dict:
+    """Run ``python -m module args`` in a fresh process (this interpreter unless ``python`` is
+    given); the child prints one JSON line last."""
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [python or sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         cwd=REPO / "benchmarks",

@@ -7,13 +7,14 @@ markers, imports excluded) and peak resident memory of this process.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 
 import numpy as np
 import scanpy as sc
 from scipy.stats import median_abs_deviation
+
+from _common import peak_rss_mb
 
 
 def plain_scanpy(path: str, seed: int):
@@ -77,7 +78,7 @@ def main() -> None:
     start = time.perf_counter()
     adata = (ours if side == "sct" else plain_scanpy)(path, seed)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "cells_after_qc": adata.n_obs}))
 
 
