@@ -54,3 +54,41 @@ def test_qc_then_cluster_commands(cart_product_path, tmp_path):
     adata = ad.read_h5ad(cl_out)
     assert adata.uns["sct_qc"]["n_cells_after"] == adata.n_obs
     assert adata.obs["sct_cluster"].nunique() > 3
+
+
+def test_atlas_verify_and_map_commands(demo_bundle, tmp_path, capsys):
+    import shutil
+
+    import anndata as ad
+
+    import sc_celltherapy as sct
+
+    assert main(["atlas", "verify", str(demo_bundle.path)]) == 0
+    assert demo_bundle.sha256 in capsys.readouterr().out
+    lot = tmp_path / "lot.h5ad"
+    sct.datasets.pbmc_reference()[:150].copy().write_h5ad(lot)
+    out = tmp_path / "mapped.h5ad"
+    assert main(["map", str(lot), "--reference", str(demo_bundle.path), "--out", str(out)]) == 0
+    assert "gene overlap 100.0%" in capsys.readouterr().out
+    mapped = ad.read_h5ad(out)
+    assert mapped.obs["sct_ref_prob"].between(0, 1).all()
+    assert mapped.uns["sct_ref"]["sha256"] == demo_bundle.sha256
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(demo_bundle.path, tampered)
+    (tampered / "reference_latent.npz").write_bytes(b"not the latent")
+    assert main(["atlas", "verify", str(tampered)]) == 2
+    assert "reference_latent.npz" in capsys.readouterr().err
+    out2 = tmp_path / "never.h5ad"
+    assert main(["map", str(lot), "--reference", str(tampered), "--out", str(out2)]) == 2
+    assert not out2.exists()
+
+
+def test_atlas_list_command(demo_bundle, capsys):
+    assert main(["atlas", "list"]) == 0
+    assert "pbmc_demo" in capsys.readouterr().out
+
+
+def test_atlas_fetch_unknown_name_exits_2(capsys):
+    assert main(["atlas", "fetch", "no_such_atlas", "--no-build"]) == 2
+    assert "no_such_atlas" in capsys.readouterr().err

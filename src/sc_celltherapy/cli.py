@@ -47,7 +47,44 @@ def _parser() -> argparse.ArgumentParser:
     cl.add_argument("--n-top-genes", type=int, default=2000)
     cl.add_argument("--seed", type=int, default=0)
     cl.set_defaults(func=_cmd_cluster)
+
+    mp = sub.add_parser("map", help="map a QC'd lot onto a reference bundle (.h5ad in and out)")
+    mp.add_argument("input", type=Path)
+    mp.add_argument("--reference", required=True, help="bundle directory or name (pbmc_demo)")
+    mp.add_argument("--out", type=Path, required=True)
+    mp.add_argument("--batch-key", default=None, help=".obs column with the sample of each cell")
+    mp.add_argument("--seed", type=int, default=0)
+    mp.set_defaults(func=_cmd_map)
+
+    _add_atlas_commands(sub)
     return parser
+
+
+def _add_atlas_commands(sub) -> None:
+    atlas = sub.add_parser("atlas", help="reference bundles: list, verify, build, fetch")
+    cmds = atlas.add_subparsers(dest="atlas_command", required=True)
+    ls = cmds.add_parser("list", help="cached bundles and shipped atlas / profile manifests")
+    ls.set_defaults(func=_cmd_atlas_list)
+    ver = cmds.add_parser("verify", help="check every hash and the scvi-tools version of a bundle")
+    ver.add_argument("bundle", help="bundle directory or name")
+    ver.set_defaults(func=_cmd_atlas_verify)
+    b = cmds.add_parser("build", help="train scVI + scANVI on a labelled reference, write a bundle")
+    b.add_argument("input", type=Path, help="reference with raw counts (.h5ad, 10x .h5 / folder)")
+    b.add_argument("--labels-key", required=True, help=".obs column of cell-type labels")
+    b.add_argument("--name", required=True)
+    b.add_argument("--version", required=True)
+    b.add_argument("--out", type=Path, required=True, help="bundle directory (must not exist)")
+    b.add_argument("--batch-key", default=None, help=".obs column of donors / runs")
+    b.add_argument("--max-epochs", type=int, default=None, help="scVI epochs (default: heuristic)")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=_cmd_atlas_build)
+    f = cmds.add_parser(
+        "fetch", help="download a shipped atlas (hash-checked) and build its bundle (internet)"
+    )
+    f.add_argument("name", help="atlas manifest name (see `atlas list`)")
+    f.add_argument("--dest", type=Path, default=None, help="download folder (default: cache)")
+    f.add_argument("--no-build", action="store_true", help="download and verify only")
+    f.set_defaults(func=_cmd_atlas_fetch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +142,82 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
     )
     adata.write_h5ad(args.out)
     print(_cluster_summary(adata))
+
+
+def _cmd_map(args: argparse.Namespace) -> None:
+    from . import atlas, io, tl
+
+    _check_out_file(args.out)
+    bundle = atlas.load(args.reference)  # verified before the lot is read
+    adata = io.read(args.input)
+    tl.map_to_reference(adata, bundle, batch_key=args.batch_key, seed=args.seed)
+    adata.write_h5ad(args.out)
+    print(_map_summary(adata))
+
+
+def _cmd_atlas_list(args: argparse.Namespace) -> None:
+    from . import atlas
+
+    table = atlas.list()
+    print(table.to_string(index=False) if len(table) else "no bundles or manifests found")
+
+
+def _cmd_atlas_verify(args: argparse.Namespace) -> None:
+    from . import atlas
+
+    bundle = atlas.load(args.bundle)
+    print(f"OK {bundle!r}\n  sha256 {bundle.sha256}")
+
+
+def _cmd_atlas_build(args: argparse.Namespace) -> None:
+    from . import atlas, io
+
+    if args.out.exists():
+        msg = f"Bundle directory {args.out} exists; a bundle is never overwritten. Choose another."
+        raise FileExistsError(msg)
+    adata = io.read(args.input)
+    bundle = atlas.build(
+        adata,
+        labels_key=args.labels_key,
+        batch_key=args.batch_key,
+        name=args.name,
+        version=args.version,
+        out_dir=args.out,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+    )
+    cal = bundle.manifest["calibration"]
+    print(
+        f"Built {bundle!r}\n  sha256 {bundle.sha256}\n  held-out ECE "
+        f"{cal['ece_uncalibrated']:.3f} -> {cal['ece_calibrated']:.3f} after temperature scaling"
+    )
+
+
+def _cmd_atlas_fetch(args: argparse.Namespace) -> None:
+    from . import atlas
+
+    files = atlas.fetch(args.name, dest=args.dest)
+    for name, path in files.items():
+        print(f"verified {name}: {path}")
+    if not args.no_build:
+        bundle = atlas.build_from_manifest(args.name, dest=args.dest)
+        print(f"Built {bundle!r}\n  sha256 {bundle.sha256}")
+
+
+def _map_summary(adata) -> str:
+    rec = adata.uns["sct_ref"]
+    lines = [
+        f"Mapped onto {rec['bundle']} v{rec['version']} (sha256 {rec['sha256'][:12]}...), "
+        f"gene overlap {rec['gene_overlap']:.1%}",
+        f"{'label':<32} {'cells':>6} {'median prob':>11}",
+    ]
+    obs = adata.obs
+    for label, n in obs["sct_ref_label"].value_counts().items():
+        if n:
+            med = obs.loc[obs["sct_ref_label"] == label, "sct_ref_prob"].median()
+            lines.append(f"{label!s:<32} {n:>6} {med:>11.2f}")
+    lines.append(f"{'unassigned (out of reference)':<32} {int(obs['sct_ref_unassigned'].sum()):>6}")
+    return "\n".join(lines)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

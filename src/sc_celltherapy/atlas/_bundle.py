@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._hvg import seurat_v3_hvg
 from .._logging import logger, timed
 from .._validate import InputError, check_counts, check_obs_key, get_matrix
 from ..io import file_sha256, guess_species
@@ -211,6 +212,8 @@ def build(
             "class": "scvi.model.SCANVI",
             "n_latent": n_latent,
             "n_layers": n_layers,
+            "architecture": dict(_model.ARCHES_PARAMS),
+            "hvg": dict(ref.uns["sct_hvg"]),
             "max_epochs": max_epochs,
             "scanvi_max_epochs": scanvi_max_epochs,
             "unlabeled_category": UNLABELED,
@@ -252,7 +255,6 @@ def _check_build_args(adata, labels_key, batch_key, layer, out_dir, holdout_frac
 
 
 def _reference_subset(adata, *, layer, labels_key, batch_key, n_hvg) -> AnnData:
-    import scanpy as sc
 
     obs_cols = [c for c in (labels_key, batch_key) if c is not None]
     var = adata.var[["gene_ids"]] if "gene_ids" in adata.var else None
@@ -265,10 +267,12 @@ def _reference_subset(adata, *, layer, labels_key, batch_key, n_hvg) -> AnnData:
     ref.obs[labels_key] = ref.obs[labels_key].astype(str).astype("category")
     if batch_key is not None:
         ref.obs[batch_key] = ref.obs[batch_key].astype(str).astype("category")
-    if ref.n_vars > n_hvg:
-        sc.pp.highly_variable_genes(
-            ref, n_top_genes=n_hvg, flavor="seurat_v3", subset=True, batch_key=batch_key
-        )
+    if ref.n_vars <= n_hvg:
+        ref.uns["sct_hvg"] = {"flavor": None, "note": f"all {ref.n_vars} genes kept"}
+        return ref
+    ref.uns["sct_hvg"] = seurat_v3_hvg(
+        ref, n_top_genes=n_hvg, layer=None, batch_key=batch_key, subset=True
+    )
     return ref
 
 
@@ -355,9 +359,12 @@ def _fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE: confidence vs accuracy in equal-width bins, weighted by bin size."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
+    """Top-label ECE of a probability matrix against integer labels ``y``."""
+    return calibration_error(probs.max(axis=1), probs.argmax(axis=1) == y, n_bins=n_bins)
+
+
+def calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: |confidence - accuracy| in equal-width confidence bins, weighted by bin size."""
     edges = np.linspace(0, 1, n_bins + 1)
     ece = 0.0
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):

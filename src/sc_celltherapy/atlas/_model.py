@@ -44,6 +44,17 @@ def quiet_training():
             logging.getLogger(n).setLevel(level)
 
 
+# scArches architecture (scvi-tools' reference-mapping tutorial): the encoder sees the batch, so
+# surgery on a new lot's batch weights moves its cells in the latent space; layer norm instead of
+# batch norm keeps the frozen reference statistics valid for a query of any size.
+ARCHES_PARAMS = {
+    "use_layer_norm": "both",
+    "use_batch_norm": "none",
+    "encode_covariates": True,
+    "dropout_rate": 0.2,
+}
+
+
 def _trainer_kwargs() -> dict:
     return {
         "accelerator": accelerator(),
@@ -77,7 +88,7 @@ def train_scanvi(
     with quiet_training():
         _seed(seed)
         scvi.model.SCVI.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
-        vae = scvi.model.SCVI(train, n_latent=n_latent, n_layers=n_layers)
+        vae = scvi.model.SCVI(train, n_latent=n_latent, n_layers=n_layers, **ARCHES_PARAMS)
         vae.train(max_epochs=max_epochs, train_size=1.0, **_trainer_kwargs())
         _seed(seed)
         lvae = scvi.model.SCANVI.from_scvi_model(

@@ -9,7 +9,8 @@ import pandas as pd
 
 from .._logging import timed
 from .._settings import settings
-from ._bundle import BundleError, ReferenceBundle, build, verify
+from ._bundle import BundleError, ReferenceBundle, verify
+from ._manifests import list_manifests
 
 DEMO_NAME = "pbmc_demo"
 DEMO_VERSION = "1.0"
@@ -54,20 +55,14 @@ def load(name_or_path: str | os.PathLike | ReferenceBundle) -> ReferenceBundle:
 
 
 def _demo_bundle() -> ReferenceBundle:
-    from ..datasets import pbmc_reference
+    """The embedded reference, built exactly as its shipped manifest says (one definition)."""
+    from ._download import build_from_manifest
 
     path = bundles_dir() / f"{DEMO_NAME}-{DEMO_VERSION}"
     if path.exists():
         return verify(path)
     with timed("building the embedded pbmc_demo reference (first use)"):
-        return build(
-            pbmc_reference(),
-            labels_key="cell_type",
-            name=DEMO_NAME,
-            version=DEMO_VERSION,
-            out_dir=path,
-            seed=0,
-        )
+        return build_from_manifest(DEMO_NAME, out_dir=path)
 
 
 def list_bundles() -> pd.DataFrame:
@@ -94,9 +89,7 @@ def list_bundles() -> pd.DataFrame:
                         "path": str(path),
                     }
                 )
-    frame = pd.DataFrame(rows, columns=["name", "kind", "version", "species", "path"])
-    try:
-        from ._manifests import list_manifests
-    except ImportError:  # manifests not installed: bundles only
-        return frame
-    return pd.concat([frame, list_manifests()[frame.columns]], ignore_index=True)
+    columns = ["name", "kind", "version", "species", "path"]
+    # one frame from records: pandas warns when concatenating empty or all-NA frames
+    rows += list_manifests()[columns].to_dict("records")
+    return pd.DataFrame(rows, columns=columns)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import scanpy as sc
 from anndata import AnnData
 
+from .._hvg import seurat_v3_hvg
 from .._logging import timed
 from .._utils import uns_safe
 from .._validate import InputError, check_lot, get_matrix
@@ -88,13 +89,8 @@ def cluster(
         sc.pp.log1p(adata, layer=LOGNORM_LAYER)
     n_hvg = min(n_top_genes, adata.n_vars - 1)
     with timed("highly variable genes"):
-        sc.pp.highly_variable_genes(
-            adata,
-            n_top_genes=n_hvg,
-            flavor="seurat_v3",
-            layer=layer,
-            batch_key=batch_key,
-            subset=False,
+        hvg = seurat_v3_hvg(
+            adata, n_top_genes=n_hvg, layer=layer, batch_key=batch_key, subset=False
         )
     if use_rep is None:
         n_comps = min(n_pcs, n_hvg - 1, adata.n_obs - 1)
@@ -150,6 +146,7 @@ def cluster(
             "random_state": random_state,
             "normalisation": "normalize_total(1e4) + log1p",
             "hvg_flavor": "seurat_v3",
+            "hvg_loess_span": hvg["span"],
             "leiden_flavor": "igraph",
             "n_clusters": int(adata.obs[key_added].nunique()),
             "markers_key": markers_key,

@@ -63,7 +63,9 @@ def map_to_reference(
     -------
     Nothing; adds ``adata.obsm[f"X_{key_added}"]`` (latent), ``adata.obs[f"{key_added}_label"]``,
     ``adata.obs[f"{key_added}_prob"]`` (calibrated probability of that label),
-    ``adata.obsm[f"{key_added}_probs"]`` (DataFrame, all labels, calibrated),
+    ``adata.obsm[f"{key_added}_probs"]`` (all labels, calibrated; columns in the order of
+    ``adata.uns[key_added]["labels"]``: an array, as labels such as "CD4+/CD25 T Reg" cannot be
+    h5ad column names),
     ``adata.obs[f"{key_added}_oor_score"]`` (mean latent distance to the 15 nearest reference
     cells over the build-time threshold: higher is further from the reference, > 1 is beyond
     what 99% of held-out reference cells reach), ``adata.obs[f"{key_added}_unassigned"]`` (bool,
@@ -120,7 +122,7 @@ def map_to_reference(
     adata.obsm[f"X_{key_added}"] = latent.astype(np.float32)
     adata.obs[f"{key_added}_label"] = pd.Categorical(np.asarray(labels)[best], categories=labels)
     adata.obs[f"{key_added}_prob"] = probs[np.arange(adata.n_obs), best]
-    adata.obsm[f"{key_added}_probs"] = pd.DataFrame(probs, index=adata.obs_names, columns=labels)
+    adata.obsm[f"{key_added}_probs"] = probs
     adata.obs[f"{key_added}_oor_score"] = score
     adata.obs[f"{key_added}_unassigned"] = score > 1.0
     adata.uns[key_added] = uns_safe(
