@@ -1,0 +1,241 @@
+"""Reference mapping: sc_celltherapy against plain scANVI and CellTypist, leave-one-patient-out.
+
+Protocol (issue 3): ``cart_labelled_dev.h5ad`` holds CAR-T cells of five patients with the study
+authors' labels (``CellType1``). For each patient, the reference is the other four patients and
+the query is that patient. Each method is trained on the same reference cells and predicts the
+query; predictions of the five folds are pooled for accuracy, macro-F1 and the expected
+calibration error (ECE, 15 bins, of the confidence each method reports for its call). For the
+out-of-reference (OOR) call each fold is run again with ``CD8 gdT`` removed from the reference;
+the AUROC of each method's OOR score for the query's CD8 gdT cells against the rest is measured
+(sc_celltherapy: ``sct_ref_oor_score``; the others, and our own max-probability baseline: one
+minus the top probability). Speed: a 10,000-cell lot resampled from the real cells is mapped
+onto a built bundle.
+
+Run: ``python benchmarks/mapping.py [--celltypist-python /path/to/venv/bin/python]``. Every method
+runs in its own process (peak memory is its own). Prints one table, writes
+``benchmarks/results/mapping.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, run_child, shared_data, write_json  # noqa: E402
+
+SEED = 0
+PATIENTS = ["P01", "P02", "P03", "P06", "P13"]
+OOR_LABEL = "CD8 gdT"
+METHODS = ["sct", "scanvi", "celltypist"]
+
+
+def write_folds(work: Path, patients: list[str]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Reference and query files of every fold; returns paths, truth and patient per cell."""
+    import anndata as ad
+
+    cells = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
+    cells.var_names_make_unique()
+    cells.obs = cells.obs[["Patient", "CellType1"]].astype(str)
+    folds = {}
+    for p in patients:
+        in_query = (cells.obs["Patient"] == p).to_numpy()
+        ref = cells[~in_query]
+        for cond, keep in (("full", np.ones(ref.n_obs, bool)), ("no_gdT", None)):
+            if keep is None:
+                keep = (ref.obs["CellType1"] != OOR_LABEL).to_numpy()
+            ref[keep].copy().write_h5ad(work / f"ref_{p}_{cond}.h5ad")
+        cells[in_query].copy().write_h5ad(work / f"query_{p}.h5ad")
+        folds[p] = in_query
+    return folds, cells.obs["CellType1"].to_numpy(), cells.obs["Patient"].to_numpy()
+
+
+def resampled_lot(work: Path, n_cells: int) -> Path:
+    """``n_cells`` drawn with replacement from the real CAR-T cells, each binomially thinned to
+    80% of its counts (no two identical), as one new lot (a batch the reference never saw)."""
+    import anndata as ad
+
+    cells = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
+    cells.var_names_make_unique()
+    rng = np.random.default_rng(SEED)
+    X = cells.X[rng.integers(0, cells.n_obs, n_cells)].tocsr()
+    X.data = rng.binomial(X.data.astype(np.int64), 0.8).astype(np.float32)
+    X.eliminate_zeros()
+    lot = ad.AnnData(X=X, var=cells.var.copy())
+    lot.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
+    lot.obs["Patient"] = "lot_10k"
+    path = work / "lot_10k.h5ad"
+    lot.write_h5ad(path)
+    return path
+
+
+def run_method(method, p, cond, work, args) -> dict:
+    ref, query = work / f"ref_{p}_{cond}.h5ad", work / f"query_{p}.h5ad"
+    out = work / f"{method}_{p}_{cond}.npz"
+    if method == "celltypist":
+        r = run_child(
+            "_mapping_celltypist",
+            str(ref),
+            str(query),
+            str(out),
+            str(SEED),
+            python=args.celltypist_python,
+        )
+    else:
+        fold_dir = work / f"{method}_{p}_{cond}"
+        fold_dir.mkdir()
+        r = run_child(
+            "_mapping_child",
+            method,
+            str(ref),
+            str(query),
+            str(out),
+            str(fold_dir),
+            str(SEED),
+            str(args.max_epochs),
+        )
+    r["predictions"] = dict(np.load(out, allow_pickle=False))
+    return r
+
+
+def pooled(runs: dict, folds: dict, n: int) -> dict:
+    """Predictions of the five folds put back in cell order."""
+    pred = np.empty(n, dtype=object)
+    conf, score = np.empty(n), np.empty(n)
+    unassigned = np.zeros(n, bool)
+    for p, in_query in folds.items():
+        pr = runs[p]["predictions"]
+        pred[in_query] = pr["pred"]
+        labels = list(pr["labels"])
+        idx = np.array([labels.index(x) for x in pr["pred"]])
+        conf[in_query] = pr["probs"][np.arange(idx.size), idx]
+        score[in_query] = pr["score"]
+        if "unassigned" in pr:
+            unassigned[in_query] = pr["unassigned"]
+    return {"pred": pred.astype(str), "conf": conf, "score": score, "unassigned": unassigned}
+
+
+def main() -> None:
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    from sc_celltherapy.atlas._bundle import calibration_error as ece
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--celltypist-python", default=shutil.which("python3"))
+    parser.add_argument("--max-epochs", type=int, default=200, help="scVI epochs, both sides")
+    parser.add_argument("--n-speed", type=int, default=10_000)
+    parser.add_argument("--patients", nargs="+", default=PATIENTS, help="folds (quick checks)")
+    args = parser.parse_args()
+
+    rows, per_fold = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        folds, truth, _ = write_folds(work, args.patients)
+        runs = {m: {c: {} for c in ("full", "no_gdT")} for m in METHODS}
+        for p in args.patients:
+            for cond in ("full", "no_gdT"):
+                for m in METHODS:
+                    t0 = time.perf_counter()
+                    runs[m][cond][p] = run_method(m, p, cond, work, args)
+                    r = runs[m][cond][p]
+                    print(
+                        f"  {p} {cond:<6} {m:<10} {r['seconds']:6.1f}s "
+                        f"{r['peak_mb']:6.0f} MB (wall {time.perf_counter() - t0:.0f}s)",
+                        flush=True,
+                    )
+        lot = resampled_lot(work, args.n_speed)
+        speed = run_child(
+            "_mapping_child",
+            "speed",
+            str(work / f"ref_{args.patients[0]}_full.h5ad"),
+            str(lot),
+            str(work / "unused.npz"),
+            str(work / f"sct_{args.patients[0]}_full"),
+            str(SEED),
+            str(args.max_epochs),
+        )
+        print(f"  mapping {args.n_speed} cells: {speed['seconds']:.1f}s", flush=True)
+
+    queried = np.any(list(folds.values()), axis=0)  # every cell when all five folds ran
+    truth = truth[queried]
+    folds = {p: f[queried] for p, f in folds.items()}
+    labels = sorted(set(truth))
+    is_oor = truth == OOR_LABEL
+    for m in METHODS:
+        full = pooled(runs[m]["full"], folds, truth.size)
+        excl = pooled(runs[m]["no_gdT"], folds, truth.size)
+        correct = full["pred"] == truth
+        rows[m] = {
+            "accuracy": accuracy_score(truth, full["pred"]),
+            "macro_f1": f1_score(truth, full["pred"], labels=labels, average="macro"),
+            "ece": ece(full["conf"], correct),
+            "oor_auroc": roc_auc_score(is_oor, excl["score"]),
+            "oor_auroc_max_prob": roc_auc_score(is_oor, 1 - excl["conf"]),
+            "seconds": sum(r["seconds"] for r in runs[m]["full"].values()),
+            "peak_mb": max(r["peak_mb"] for r in runs[m]["full"].values()),
+        }
+        if m == "sct":
+            rows[m]["unassigned_in_reference_cells"] = float(full["unassigned"].mean())
+            rows[m]["unassigned_oor_cells"] = float(excl["unassigned"][is_oor].mean())
+            rows[m]["bundle_ece_held_out"] = [
+                r["calibration"]["ece_calibrated"] for r in runs[m]["full"].values()
+            ]
+        per_fold[m] = {
+            p: {
+                "n_query": int(folds[p].sum()),
+                "accuracy": float(np.mean(full["pred"][folds[p]] == truth[folds[p]])),
+                "seconds_full": runs[m]["full"][p]["seconds"],
+                "seconds_no_gdT": runs[m]["no_gdT"][p]["seconds"],
+            }
+            for p in args.patients
+        }
+
+    names = {"sct": "sc_celltherapy", "scanvi": "plain scANVI", "celltypist": "CellTypist 1.7.1"}
+    header = (
+        f"{'method':<17} {'macro-F1':>8} {'accuracy':>8} {'ECE':>6} {'OOR AUROC':>9} "
+        f"{'(max-prob)':>10} {'time s':>7} {'peak MB':>8}"
+    )
+    print(f"\nleave-one-patient-out, {truth.size} cells, seed {SEED}\n{header}")
+    print("-" * len(header))
+    for m, r in rows.items():
+        print(
+            f"{names[m]:<17} {r['macro_f1']:>8.3f} {r['accuracy']:>8.3f} {r['ece']:>6.3f} "
+            f"{r['oor_auroc']:>9.3f} {r['oor_auroc_max_prob']:>10.3f} {r['seconds']:>7.0f} "
+            f"{r['peak_mb']:>8.0f}"
+        )
+    print(
+        f"\nratios sct/CellTypist: macro-F1 {rows['sct']['macro_f1'] / rows['celltypist']['macro_f1']:.2f}, "
+        f"time {rows['sct']['seconds'] / rows['celltypist']['seconds']:.2f}; "
+        f"ECE sct/scANVI {rows['sct']['ece'] / rows['scanvi']['ece']:.2f}"
+    )
+    print(f"mapping a {args.n_speed}-cell lot onto a built bundle: {speed['seconds']:.1f}s")
+    path = write_json(
+        "mapping",
+        {
+            "protocol": "leave-one-patient-out on cart_labelled_dev.h5ad, truth CellType1",
+            "seed": SEED,
+            "max_epochs_scvi": args.max_epochs,
+            "oor_label": OOR_LABEL,
+            "targets": {
+                "macro_f1": ">= CellTypist",
+                "ece": "<= 0.05 and < plain scANVI",
+                "oor_auroc": ">= 0.85 and > max-probability baseline",
+                "speed_10k_s": "<= 60",
+            },
+            "rows": rows,
+            "per_fold": per_fold,
+            "speed": {"n_cells": args.n_speed, **speed},
+            "machine": machine(),
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
