@@ -33,6 +33,7 @@ from _common import machine, run_child, shared_data, write_json  # noqa: E402
 SEED = 0
 PATIENTS = ["P01", "P02", "P03", "P06", "P13"]
 OOR_LABEL = "CD8 gdT"
+MIN_LABEL_CELLS = 5
 METHODS = ["sct", "scanvi", "celltypist"]
 
 
@@ -47,6 +48,11 @@ def write_folds(work: Path, patients: list[str]) -> tuple[dict, np.ndarray, np.n
     for p in patients:
         in_query = (cells.obs["Patient"] == p).to_numpy()
         ref = cells[~in_query]
+        # every method gets the same reference; labels too rare to learn (< 5 cells in this
+        # fold's reference, e.g. CD4 Naive/TCM) are dropped for all of them, and their query
+        # cells count as errors for every method
+        counts = ref.obs["CellType1"].value_counts()
+        ref = ref[ref.obs["CellType1"].isin(counts.index[counts >= MIN_LABEL_CELLS]).to_numpy()]
         for cond, keep in (("full", np.ones(ref.n_obs, bool)), ("no_gdT", None)):
             if keep is None:
                 keep = (ref.obs["CellType1"] != OOR_LABEL).to_numpy()

@@ -15,30 +15,37 @@ def seurat_v3_hvg(
 ) -> dict:
     """scanpy's seurat_v3 selection; returns the settings used (for ``uns``).
 
-    Its loess fails on the discrete means of a small batch ("reciprocal condition number");
-    a wider span is the remedy, so the span widens before giving up with a clear error.
+    Its per-batch loess fails on the few, discrete means of a small batch (scikit-misc raises
+    ValueError: "reciprocal condition number", "near singularities"). A wider span is the
+    remedy; when every span fails, the genes are ranked on all cells pooled. The settings that
+    succeeded are returned so the choice is on record.
     """
     import scanpy as sc
 
-    for span in SPANS:
+    attempts = [(batch_key, span) for span in SPANS]
+    if batch_key is not None:
+        attempts.append((None, SPANS[0]))
+    error = None
+    for key, span in attempts:
         try:
             sc.pp.highly_variable_genes(
                 adata,
                 n_top_genes=n_top_genes,
                 flavor="seurat_v3",
                 layer=layer,
-                batch_key=batch_key,
+                batch_key=key,
                 subset=subset,
                 span=span,
             )
         except ValueError as err:
-            if "reciprocal condition number" not in str(err):
-                raise
-            logger.warning("seurat_v3 loess failed with span=%s; retrying wider", span)
+            error = err
+            logger.warning(
+                "seurat_v3 loess failed (batch_key=%s, span=%s): %s; retrying", key, span, err
+            )
             continue
-        return {"flavor": "seurat_v3", "n_top_genes": n_top_genes, "span": span}
+        return {"flavor": "seurat_v3", "n_top_genes": n_top_genes, "span": span, "batch_key": key}
     msg = (
-        "Highly variable gene selection failed for every loess span; a batch may have too few "
-        f"cells. Merge small batches of {batch_key!r} or pass batch_key=None."
+        f"Highly variable gene selection (seurat_v3) failed for every loess span: {error}. "
+        "The data may have too few cells or genes with counts; check the input counts."
     )
-    raise InputError(msg)
+    raise InputError(msg) from error
