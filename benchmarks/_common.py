@@ -43,6 +43,18 @@ def machine() -> dict:
     }
 
 
+def resample_thinned(X, n_cells: int, seed: int, keep: float = 0.8):
+    """``n_cells`` rows drawn with replacement from the count matrix ``X``, each count binomially
+    thinned to ``keep`` so no two drawn cells are identical (CSR, float32)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = X[rng.integers(0, X.shape[0], n_cells)].tocsr()
+    rows.data = rng.binomial(rows.data.astype(np.int64), keep).astype(np.float32)
+    rows.eliminate_zeros()
+    return rows
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process's address space (VmHWM, Linux). Unlike ru_maxrss,
     which Linux carries over exec from the parent, it counts this program alone."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, run_child, shared_data, write_json  # noqa: E402
+from _common import machine, resample_thinned, run_child, shared_data, write_json  # noqa: E402
 
 SEED = 0
 PATIENTS = ["P01", "P02", "P03", "P06", "P13"]
@@ -69,11 +69,7 @@ def resampled_lot(work: Path, n_cells: int) -> Path:
 
     cells = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
     cells.var_names_make_unique()
-    rng = np.random.default_rng(SEED)
-    X = cells.X[rng.integers(0, cells.n_obs, n_cells)].tocsr()
-    X.data = rng.binomial(X.data.astype(np.int64), 0.8).astype(np.float32)
-    X.eliminate_zeros()
-    lot = ad.AnnData(X=X, var=cells.var.copy())
+    lot = ad.AnnData(X=resample_thinned(cells.X, n_cells, SEED), var=cells.var.copy())
     lot.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
     lot.obs["Patient"] = "lot_10k"
     path = work / "lot_10k.h5ad"

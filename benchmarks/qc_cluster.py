@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
-from _common import machine, run_child, shared_data, write_json  # noqa: E402
+from _common import machine, resample_thinned, run_child, shared_data, write_json  # noqa: E402
 
 SEED = 0
 
@@ -27,7 +27,6 @@ def resampled_lot(n_cells: int, out: Path) -> Path:
     """``n_cells`` drawn with replacement from the real CAR-T cells (product + labelled), each
     binomially thinned to 80% of its counts so no two cells are identical."""
     import anndata as ad
-    import numpy as np
     import scanpy as sc
     import scipy.sparse as sp
 
@@ -37,11 +36,7 @@ def resampled_lot(n_cells: int, out: Path) -> Path:
     labelled = ad.read_h5ad(data / "cart_labelled_dev.h5ad")
     labelled.var_names_make_unique()
     pool = sp.vstack([product.X, labelled[:, product.var_names].X]).tocsr()
-    rng = np.random.default_rng(SEED)
-    rows = pool[rng.integers(0, pool.shape[0], n_cells)]
-    rows.data = rng.binomial(rows.data.astype(np.int64), 0.8).astype(np.float32)
-    rows.eliminate_zeros()
-    lot = ad.AnnData(X=rows, var=product.var.copy())
+    lot = ad.AnnData(X=resample_thinned(pool, n_cells, SEED), var=product.var.copy())
     lot.obs_names = [f"cell{i:07d}" for i in range(n_cells)]
     lot.write_h5ad(out)
     return out

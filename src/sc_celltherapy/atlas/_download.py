@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import inspect
 import json
 import os
 import re
@@ -824,21 +823,17 @@ def build_from_manifest(
         "species": manifest["species"],
         "seed": seed if seed is not None else manifest["build"].get("seed", 0),
     }
-    optional = {
+    # settings sct.atlas.build does not expose: it always uses _BUILD_IMPLICIT; say so when a
+    # manifest asks for something else
+    asked = {
         "n_hidden": model["scvi"].get("n_hidden"),
         "hvg_flavor": model.get("hvg_flavor"),
         "n_samples_per_label": model["scanvi"].get("n_samples_per_label"),
     }
-    accepted = inspect.signature(build).parameters
-    for key, value in optional.items():
-        if value is None:
-            continue
-        if key in accepted:
-            kwargs[key] = value
-        elif value != _BUILD_IMPLICIT[key]:
+    for key, value in asked.items():
+        if value is not None and value != _BUILD_IMPLICIT[key]:
             logger.warning(
-                "manifest %s sets %s=%r, which this version of sct.atlas.build does not expose "
-                "(it uses %r)",
+                "manifest %s sets %s=%r, which sct.atlas.build does not expose (it uses %r)",
                 manifest["name"],
                 key,
                 value,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -77,8 +78,6 @@ def list_bundles() -> pd.DataFrame:
     if bundles_dir().exists():
         for path in sorted(bundles_dir().iterdir()):
             if (path / "bundle.json").is_file():
-                import json
-
                 m = json.loads((path / "bundle.json").read_text())
                 rows.append(
                     {

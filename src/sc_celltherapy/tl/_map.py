@@ -119,12 +119,13 @@ def map_to_reference(
         score = knn_distance(ref_latent, latent, k=oor["k"]) / oor["threshold"]
 
     best = probs.argmax(axis=1)
+    unassigned = score > 1.0
     adata.obsm[f"X_{key_added}"] = latent.astype(np.float32)
     adata.obs[f"{key_added}_label"] = pd.Categorical(np.asarray(labels)[best], categories=labels)
     adata.obs[f"{key_added}_prob"] = probs[np.arange(adata.n_obs), best]
     adata.obsm[f"{key_added}_probs"] = probs
     adata.obs[f"{key_added}_oor_score"] = score
-    adata.obs[f"{key_added}_unassigned"] = score > 1.0
+    adata.obs[f"{key_added}_unassigned"] = unassigned
     adata.uns[key_added] = uns_safe(
         {
             "bundle": bundle.name,
@@ -144,10 +145,10 @@ def map_to_reference(
             "batch_key": batch_key,
             "seed": seed,
             "accelerator": accelerator(),
-            "n_unassigned": int((score > 1.0).sum()),
+            "n_unassigned": int(unassigned.sum()),
         }
     )
-    logger.info("mapped %d cells; %d unassigned", adata.n_obs, int((score > 1).sum()))
+    logger.info("mapped %d cells; %d unassigned", adata.n_obs, int(unassigned.sum()))
 
 
 def _check_species(adata: AnnData, manifest: dict) -> None:
