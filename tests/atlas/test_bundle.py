@@ -11,6 +11,7 @@ import pytest
 import sc_celltherapy as sct
 from sc_celltherapy.atlas import BundleError
 from sc_celltherapy.atlas._bundle import (
+    _calibration_split,
     apply_temperature,
     expected_calibration_error,
     fit_calibration,
@@ -22,13 +23,34 @@ def test_demo_bundle_contents(demo_bundle):
     m = demo_bundle.manifest
     assert m["name"] == "pbmc_demo" and len(m["genes"]) == 765
     assert sum(m["labels"].values()) == 700 and len(m["labels"]) == 10
-    assert m["n_cells"]["held_out"] + m["n_cells"]["train"] == 700
+    assert m["n_cells"]["held_out"] + m["n_cells"]["calibration_fit"] == 700
     assert set(m["versions"]) >= {"sc-celltherapy", "scvi-tools", "torch"}
     assert 0 < m["calibration"]["temperature"] < 20
     assert 0 <= m["calibration"]["ece_calibrated"] <= 1
-    assert m["oor"]["threshold"] > m["oor"]["held_out_median"] > 0
+    assert m["oor"]["threshold_over_neighbour_median"] > 1
+    assert m["oor"]["threshold"] > m["oor"]["neighbour_median"] > 0
     assert set(m["files"]) == {"model/model.pt", "reference_latent.npz"}
     assert all(len(h) == 64 for h in m["files"].values())
+
+
+def test_calibration_holds_out_whole_batches():
+    import pandas as pd
+
+    sizes = {"d1": 400, "d2": 150, "d3": 250, "d4": 200}
+    obs = pd.DataFrame(
+        {
+            "batch": np.repeat(list(sizes), list(sizes.values())),
+            "label": np.tile(["a", "b"], 500),
+        }
+    )
+    for seed in range(5):
+        held, batches = _calibration_split(obs, "label", "batch", 0.2, seed)
+        assert batches and set(obs["batch"][held]) == set(batches)
+        assert set(obs["batch"][~held])  # a batch always remains to train on
+        assert 0.1 <= held.mean() <= 0.3
+    held, batches = _calibration_split(obs, "label", None, 0.2, 0)
+    assert batches == [] and held.mean() == pytest.approx(0.2)
+    assert obs["label"][held].value_counts().to_dict() == {"a": 100, "b": 100}
 
 
 def test_cached_demo_loads_without_rebuilding(demo_bundle):

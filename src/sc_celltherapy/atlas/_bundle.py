@@ -110,11 +110,14 @@ def build(
 ) -> ReferenceBundle:
     """Train scVI then scANVI on a labelled reference and write a locked bundle.
 
-    A stratified ``holdout_fraction`` of each label is held out of training. On it the bundle
-    fits temperature scaling of scANVI's label probabilities (and measures the expected
-    calibration error before and after by two-fold cross-fitting) and the distribution of
-    distances to the nearest training cells in the latent space, whose 99th percentile becomes
-    the out-of-reference threshold.
+    Two models are trained. A calibration model leaves out about ``holdout_fraction`` of the
+    cells: whole batches when there are two or more (they are then mapped onto it by scArches
+    surgery, as a lot would be), else that fraction of each label. On the held-out cells the
+    bundle fits temperature scaling of scANVI's label probabilities (measuring the expected
+    calibration error before and after by two-fold cross-fitting) and the distances to the
+    nearest training cells in the latent space, whose 99th percentile, in units of the typical
+    neighbour distance, becomes the out-of-reference threshold. The model in the bundle is then
+    trained on all cells, and the temperature and threshold carried over to it.
 
     Parameters
     ----------
@@ -135,7 +138,7 @@ def build(
     n_latent, n_layers, max_epochs, scanvi_max_epochs
         Model settings (``max_epochs=None``: scvi-tools' heuristic for scVI).
     holdout_fraction
-        Fraction of each label held out for calibration and the OOR threshold.
+        Fraction of cells held out of the calibration model.
     species
         ``"human"`` or ``"mouse"``; guessed from the genes when ``None``.
     seed
@@ -151,41 +154,67 @@ def build(
     ref = _reference_subset(
         adata, layer=layer, labels_key=labels_key, batch_key=batch_key, n_hvg=n_hvg
     )
-    train_mask = _stratified_split(ref.obs[labels_key].to_numpy(), holdout_fraction, seed)
-    train, held = ref[train_mask].copy(), ref[~train_mask].copy()
-
-    with timed(f"training scVI + scANVI on {train.n_obs} reference cells"):
-        model = _model.train_scanvi(
-            train,
-            labels_key=labels_key,
-            batch_key=batch_key,
-            unlabeled=UNLABELED,
-            n_latent=n_latent,
-            n_layers=n_layers,
-            max_epochs=max_epochs,
-            scanvi_max_epochs=scanvi_max_epochs,
-            seed=seed,
-        )
-    with timed("calibration and out-of-reference statistics on held-out cells"):
-        labels = list(model.adata_manager.get_state_registry("labels")["categorical_mapping"])
-        labels = [lab for lab in labels if lab != UNLABELED]
+    held_mask, held_batches = _calibration_split(
+        ref.obs, labels_key, batch_key, holdout_fraction, seed
+    )
+    fit, held = ref[~held_mask].copy(), ref[held_mask].copy()
+    train_kwargs = {
+        "labels_key": labels_key,
+        "batch_key": batch_key,
+        "unlabeled": UNLABELED,
+        "n_latent": n_latent,
+        "n_layers": n_layers,
+        "max_epochs": max_epochs,
+        "scanvi_max_epochs": scanvi_max_epochs,
+        "seed": seed,
+    }
+    with timed(f"calibration model on {fit.n_obs} cells, {held.n_obs} held out"):
+        for col in (labels_key, batch_key):
+            if col is not None:
+                fit.obs[col] = fit.obs[col].cat.remove_unused_categories()
+        cal_model = _model.train_scanvi(fit, **train_kwargs)
+        cal_labels = _model_labels(cal_model)
         truth = held.obs[labels_key].astype(str).to_numpy()
-        # predict held-out cells as a query would be: without their labels
+        # held-out cells are mapped exactly as a lot would be: unlabelled, and when whole
+        # batches are held out, through scArches surgery as new batches
         held.obs[labels_key] = pd.Categorical([UNLABELED] * held.n_obs)
-        probs = _model.predict_probs(model, held, labels)
-        calibration = fit_calibration(probs, truth, labels, seed=seed)
-        train_latent = model.get_latent_representation()
-        held_latent = model.get_latent_representation(held)
-        keep = _subsample(train.n_obs, MAX_LATENT_CELLS, seed)
-        ref_latent = train_latent[keep]
-        ref_labels = train.obs[labels_key].astype(str).to_numpy()[keep]
-        held_dist = knn_distance(ref_latent, held_latent, k=OOR_K)
+        if held_batches:
+            held_model = _model.map_query(
+                held, cal_model, train=True, max_epochs=_model.surgery_epochs(held.n_obs), seed=seed
+            )
+        else:
+            held_model = cal_model
+        probs = _model.predict_probs(held_model, held, cal_labels)
+        calibration = fit_calibration(probs, truth, cal_labels, seed=seed)
+        calibration["held_out"] = (
+            {"batches": held_batches} if held_batches else {"cells_per_label": holdout_fraction}
+        )
+        known = np.isin(truth, cal_labels)  # a label only in held-out batches is novel to it
+        held_dist = knn_distance(
+            cal_model.get_latent_representation(),
+            held_model.get_latent_representation(held)[known],
+            k=OOR_K,
+        )
+        cal_scale = _self_knn_median(cal_model.get_latent_representation(), seed)
+        ratio = float(np.quantile(held_dist, OOR_QUANTILE)) / cal_scale
+
+    with timed(f"training scVI + scANVI on all {ref.n_obs} reference cells"):
+        model = _model.train_scanvi(ref, **train_kwargs)
+        labels = _model_labels(model)
+        keep = _subsample(ref.n_obs, MAX_LATENT_CELLS, seed)
+        ref_latent = model.get_latent_representation()[keep]
+        ref_labels = ref.obs[labels_key].astype(str).to_numpy()[keep]
+        scale = _self_knn_median(ref_latent, seed)
+        # the threshold moves from the calibration model's latent space to the final one in
+        # units of each space's typical neighbour distance
         oor = {
             "k": OOR_K,
             "quantile": OOR_QUANTILE,
-            "threshold": float(np.quantile(held_dist, OOR_QUANTILE)),
-            "held_out_median": float(np.median(held_dist)),
+            "threshold": ratio * scale,
+            "threshold_over_neighbour_median": ratio,
+            "neighbour_median": scale,
             "n_reference_cells": int(ref_latent.shape[0]),
+            "n_held_out_cells": int(known.sum()),
             "metric": "euclidean",
         }
         markers = _label_markers(ref, labels_key)
@@ -205,7 +234,7 @@ def build(
         "label_markers": markers,
         "n_cells": {
             "total": int(ref.n_obs),
-            "train": int(train.n_obs),
+            "calibration_fit": int(fit.n_obs),
             "held_out": int(held.n_obs),
         },
         "model": {
@@ -276,14 +305,48 @@ def _reference_subset(adata, *, layer, labels_key, batch_key, n_hvg) -> AnnData:
     return ref
 
 
-def _stratified_split(labels: np.ndarray, holdout: float, seed: int) -> np.ndarray:
+def _calibration_split(
+    obs: pd.DataFrame, labels_key: str, batch_key: str | None, holdout: float, seed: int
+) -> tuple[np.ndarray, list[str]]:
+    """Cells held out of the calibration model, and the batches they are (if any).
+
+    With two or more batches, whole batches are held out (about ``holdout`` of the cells): a
+    lot is always a batch the reference never saw, so calibration and the out-of-reference
+    threshold must be fitted across that shift, not on cells of batches the model trained on.
+    With one batch, ``holdout`` of each label's cells is held out.
+    """
     rng = np.random.default_rng(seed)
-    train = np.ones(labels.size, dtype=bool)
+    if batch_key is not None and obs[batch_key].nunique() >= 2:
+        sizes = obs[batch_key].astype(str).value_counts().sort_index()
+        target = holdout * sizes.sum()
+        held: list[str] = []
+        for b in rng.permutation(sizes.index.to_numpy()):
+            if sizes[held].sum() + sizes[b] <= 1.5 * target and len(held) < sizes.size - 1:
+                held.append(str(b))
+        if not held:  # every batch is large: hold out the smallest
+            held = [str(sizes.idxmin())]
+        return obs[batch_key].astype(str).isin(held).to_numpy(), sorted(held)
+    labels = obs[labels_key].astype(str).to_numpy()
+    mask = np.zeros(labels.size, dtype=bool)
     for lab in np.unique(labels):
         idx = np.flatnonzero(labels == lab)
-        n_held = max(2, int(round(holdout * idx.size)))
-        train[rng.choice(idx, n_held, replace=False)] = False
-    return train
+        mask[rng.choice(idx, max(2, int(round(holdout * idx.size))), replace=False)] = True
+    return mask, []
+
+
+def _model_labels(model) -> list[str]:
+    labels = model.adata_manager.get_state_registry("labels")["categorical_mapping"]
+    return [str(lab) for lab in labels if lab != UNLABELED]
+
+
+def _self_knn_median(latent: np.ndarray, seed: int, n: int = 10_000) -> float:
+    """Median over cells (at most ``n``) of the mean distance to their OOR_K nearest others."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(OOR_K + 1, latent.shape[0])
+    cells = latent[_subsample(latent.shape[0], n, seed)]
+    dist, _ = NearestNeighbors(n_neighbors=k).fit(latent).kneighbors(cells)
+    return float(np.median(dist[:, 1:].mean(axis=1)))
 
 
 def _subsample(n: int, cap: int, seed: int) -> np.ndarray:

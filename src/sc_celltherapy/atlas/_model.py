@@ -109,16 +109,22 @@ def predict_probs(model, adata: AnnData, labels: list[str]) -> np.ndarray:
     return soft[labels].to_numpy(dtype=np.float64)
 
 
-def map_query(query: AnnData, model_dir: str, *, train: bool, max_epochs: int, seed: int):
-    """scArches surgery: load the query onto the reference model. Only batch-specific weights
-    are trained, and only when the query brings batches the reference has not seen; otherwise
-    the reference encoder applies as it is (no training, nothing stochastic)."""
+def surgery_epochs(n_cells: int) -> int:
+    """Surgery epochs for a lot of ``n_cells``: about 200k cell passes, between 10 and 50."""
+    return max(10, min(50, 200_000 // max(n_cells, 1)))
+
+
+def map_query(query: AnnData, reference, *, train: bool, max_epochs: int, seed: int):
+    """scArches surgery: load the query onto the reference model (a model directory or a
+    trained SCANVI, which is left unchanged). Only batch-specific weights are trained, and only
+    when the query brings batches the reference has not seen; otherwise the reference encoder
+    applies as it is (no training, nothing stochastic)."""
     import scvi
 
     with quiet_training():
-        scvi.model.SCANVI.prepare_query_anndata(query, model_dir)
+        scvi.model.SCANVI.prepare_query_anndata(query, reference)
         _seed(seed)
-        model = scvi.model.SCANVI.load_query_data(query, model_dir, accelerator=accelerator())
+        model = scvi.model.SCANVI.load_query_data(query, reference, accelerator=accelerator())
         if train and max_epochs > 0:
             _seed(seed)
             model.train(

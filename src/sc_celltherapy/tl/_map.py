@@ -74,7 +74,7 @@ def map_to_reference(
     """
     from ..atlas import load
     from ..atlas._bundle import UNLABELED, apply_temperature, knn_distance
-    from ..atlas._model import accelerator, map_query, predict_probs
+    from ..atlas._model import accelerator, map_query, predict_probs, surgery_epochs
 
     check_lot(adata, layer=layer, batch_key=batch_key)
     bundle = load(reference)
@@ -104,7 +104,7 @@ def map_to_reference(
 
     query = _query_anndata(adata, layer, query_cols, ref_genes, manifest, batch_key, UNLABELED)
     new_batches = _new_batches(query, manifest)
-    epochs = max_epochs if max_epochs is not None else max(10, min(50, 200_000 // adata.n_obs))
+    epochs = max_epochs if max_epochs is not None else surgery_epochs(adata.n_obs)
     with timed(f"mapping {adata.n_obs} cells onto {bundle.name}"):
         model = map_query(
             query, str(bundle.model_dir), train=bool(new_batches), max_epochs=epochs, seed=seed
