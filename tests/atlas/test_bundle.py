@@ -27,8 +27,10 @@ def test_demo_bundle_contents(demo_bundle):
     assert set(m["versions"]) >= {"sc-celltherapy", "scvi-tools", "torch"}
     assert 0 < m["calibration"]["temperature"] < 20
     assert 0 <= m["calibration"]["ece_calibrated"] <= 1
-    assert m["oor"]["threshold_over_neighbour_median"] > 1
-    assert m["oor"]["threshold"] > m["oor"]["neighbour_median"] > 0
+    assert m["oor"]["threshold_over_label_scale"] > 1
+    assert set(m["oor"]["thresholds"]) == set(m["labels"])
+    for label, threshold in m["oor"]["thresholds"].items():
+        assert threshold > m["oor"]["label_scale"][label] > 0
     assert set(m["files"]) == {"model/model.pt", "reference_latent.npz"}
     assert all(len(h) == 64 for h in m["files"].values())
 

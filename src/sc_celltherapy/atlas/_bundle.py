@@ -32,7 +32,7 @@ from .._validate import InputError, check_counts, check_obs_key, get_matrix
 from ..io import file_sha256, guess_species
 from . import _model
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: per-label out-of-reference thresholds
 MANIFEST = "bundle.json"
 UNLABELED = "Unknown"
 # An out-of-reference threshold at this quantile of held-out reference cells' distances calls
@@ -190,13 +190,15 @@ def build(
             {"batches": held_batches} if held_batches else {"cells_per_label": holdout_fraction}
         )
         known = np.isin(truth, cal_labels)  # a label only in held-out batches is novel to it
+        cal_latent = cal_model.get_latent_representation()
         held_dist = knn_distance(
-            cal_model.get_latent_representation(),
-            held_model.get_latent_representation(held)[known],
-            k=OOR_K,
+            cal_latent, held_model.get_latent_representation(held)[known], k=OOR_K
         )
-        cal_scale = _self_knn_median(cal_model.get_latent_representation(), seed)
-        ratio = float(np.quantile(held_dist, OOR_QUANTILE)) / cal_scale
+        cal_scales = _label_scales(cal_latent, fit.obs[labels_key].astype(str).to_numpy())
+        held_pred = np.asarray(cal_labels)[probs.argmax(axis=1)][known]
+        ratio = float(
+            np.quantile(held_dist / np.array([cal_scales[lab] for lab in held_pred]), OOR_QUANTILE)
+        )
 
     with timed(f"training scVI + scANVI on all {ref.n_obs} reference cells"):
         model = _model.train_scanvi(ref, **train_kwargs)
@@ -204,15 +206,16 @@ def build(
         keep = _subsample(ref.n_obs, MAX_LATENT_CELLS, seed)
         ref_latent = model.get_latent_representation()[keep]
         ref_labels = ref.obs[labels_key].astype(str).to_numpy()[keep]
-        scale = _self_knn_median(ref_latent, seed)
-        # the threshold moves from the calibration model's latent space to the final one in
-        # units of each space's typical neighbour distance
+        scales = _label_scales(ref_latent, ref_labels)
+        # distances are measured in units of the predicted label's typical neighbour distance
+        # (sparse populations sit further apart than dense ones); the threshold, fitted on the
+        # calibration model, moves to the final model's latent space in the same units
         oor = {
             "k": OOR_K,
             "quantile": OOR_QUANTILE,
-            "threshold": ratio * scale,
-            "threshold_over_neighbour_median": ratio,
-            "neighbour_median": scale,
+            "threshold_over_label_scale": ratio,
+            "label_scale": scales,
+            "thresholds": {lab: ratio * scales[lab] for lab in labels},
             "n_reference_cells": int(ref_latent.shape[0]),
             "n_held_out_cells": int(known.sum()),
             "metric": "euclidean",
@@ -339,20 +342,21 @@ def _model_labels(model) -> list[str]:
     return [str(lab) for lab in labels if lab != UNLABELED]
 
 
-def _self_knn_median(latent: np.ndarray, seed: int, n: int = 10_000) -> float:
-    """Median over cells (at most ``n``) of the mean distance to their OOR_K nearest others."""
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(OOR_K + 1, latent.shape[0])
-    cells = latent[_subsample(latent.shape[0], n, seed)]
-    dist, _ = NearestNeighbors(n_neighbors=k).fit(latent).kneighbors(cells)
-    return float(np.median(dist[:, 1:].mean(axis=1)))
-
-
 def _subsample(n: int, cap: int, seed: int) -> np.ndarray:
     if n <= cap:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+
+
+def _label_scales(latent: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Per label, the median over its cells of the mean distance to their OOR_K nearest other
+    reference cells: the label's typical neighbour distance."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(OOR_K + 1, latent.shape[0])
+    dist, _ = NearestNeighbors(n_neighbors=k).fit(latent).kneighbors(latent)
+    own = dist[:, 1:].mean(axis=1)
+    return {str(lab): float(np.median(own[labels == lab])) for lab in np.unique(labels)}
 
 
 def _label_markers(ref: AnnData, labels_key: str, n: int = 10) -> dict[str, list[str]]:
@@ -524,7 +528,10 @@ def manifest_digest(manifest: dict) -> str:
 
 def _check_versions(path: Path, manifest: dict) -> None:
     if manifest.get("format") != BUNDLE_FORMAT:
-        msg = f"Bundle {path} has format {manifest.get('format')}; this version reads {BUNDLE_FORMAT}."
+        msg = (
+            f"Bundle {path} has format {manifest.get('format')}; this version reads "
+            f"{BUNDLE_FORMAT}. Rebuild it with sct.atlas.build (or sc-celltherapy atlas build)."
+        )
         raise BundleError(msg)
     built = manifest.get("versions", {}).get("scvi-tools", "0")
     installed = version("scvi-tools")

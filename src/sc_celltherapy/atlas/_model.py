@@ -6,6 +6,7 @@ Everything that imports torch, lightning or scvi lives here, imported lazily.
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -121,12 +122,15 @@ def map_query(query: AnnData, reference, *, train: bool, max_epochs: int, seed: 
     applies as it is (no training, nothing stochastic)."""
     import scvi
 
-    with quiet_training():
+    with quiet_training(), warnings.catch_warnings():
         scvi.model.SCANVI.prepare_query_anndata(query, reference)
         _seed(seed)
         model = scvi.model.SCANVI.load_query_data(query, reference, accelerator=accelerator())
         if train and max_epochs > 0:
             _seed(seed)
+            # scvi-tools' load_query_data puts the module in eval mode on purpose (surgery
+            # trains without dropout); lightning warns about that at the start of training
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             model.train(
                 max_epochs=max_epochs,
                 train_size=1.0,

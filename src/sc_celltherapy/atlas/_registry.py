@@ -14,7 +14,7 @@ from ._bundle import BundleError, ReferenceBundle, verify
 from ._manifests import list_manifests
 
 DEMO_NAME = "pbmc_demo"
-DEMO_VERSION = "1.0"
+DEMO_VERSION = "1.1"
 
 
 def bundles_dir() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
@@ -20,7 +21,7 @@ def pbmc_reference() -> AnnData:
     -------
     AnnData with integer counts (float32, CSR) in ``.X``, the sorted-population labels in
     ``obs["cell_type"]`` (10 types, from the original ``bulk_labels``), each cell's original
-    library size in ``obs["n_counts_original"]`` and the provenance in ``uns["sct_dataset"]``.
+    library size in ``obs["n_counts_original"]``, ``obs["dataset"]`` (one batch, "pbmc68k") and the provenance in ``uns["sct_dataset"]``.
 
     Examples
     --------
@@ -40,6 +41,9 @@ def pbmc_reference() -> AnnData:
         var=packaged.raw.var[[]].copy(),
     )
     adata.obs["n_counts_original"] = packaged.obs["n_counts"].to_numpy()
+    # one batch: as the reference's batch covariate it lets every lot mapped onto the bundle
+    # become a new batch that scArches surgery corrects for
+    adata.obs["dataset"] = pd.Categorical(["pbmc68k"] * adata.n_obs)
     adata.uns["sct_dataset"] = {
         "name": "pbmc_reference",
         "kind": "real data",

@@ -67,8 +67,8 @@ def map_to_reference(
     ``adata.uns[key_added]["labels"]``: an array, as labels such as "CD4+/CD25 T Reg" cannot be
     h5ad column names),
     ``adata.obs[f"{key_added}_oor_score"]`` (mean latent distance to the 15 nearest reference
-    cells over the build-time threshold: higher is further from the reference, > 1 is beyond
-    what 99% of held-out reference cells reach), ``adata.obs[f"{key_added}_unassigned"]`` (bool,
+    cells over the build-time threshold of the predicted label: higher is further from the
+    reference, > 1 is beyond what 99% of held-out reference cells reach), ``adata.obs[f"{key_added}_unassigned"]`` (bool,
     score > 1) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap, settings,
     seed, whether surgery trained).
     """
@@ -116,9 +116,10 @@ def map_to_reference(
         )
         ref_latent, _ = bundle.reference_latent()
         oor = manifest["oor"]
-        score = knn_distance(ref_latent, latent, k=oor["k"]) / oor["threshold"]
+        best = probs.argmax(axis=1)
+        threshold = np.array([oor["thresholds"][lab] for lab in labels])[best]
+        score = knn_distance(ref_latent, latent, k=oor["k"]) / threshold
 
-    best = probs.argmax(axis=1)
     unassigned = score > 1.0
     adata.obsm[f"X_{key_added}"] = latent.astype(np.float32)
     adata.obs[f"{key_added}_label"] = pd.Categorical(np.asarray(labels)[best], categories=labels)
@@ -137,7 +138,7 @@ def map_to_reference(
             "n_missing_genes": len(missing),
             "labels": labels,
             "calibration_temperature": manifest["calibration"]["temperature"],
-            "oor_threshold": oor["threshold"],
+            "oor_thresholds": oor["thresholds"],
             "oor_quantile": oor["quantile"],
             "surgery_trained": bool(new_batches),
             "new_batches": new_batches,
