@@ -1,0 +1,225 @@
+"""A release specification: what a lot must meet, as a frozen dataclass that round-trips to YAML."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._validate import InputError
+
+# Impurity classes a spec may limit. Fractions are of cells passing QC, except doublets and
+# low_quality, which are fractions of all barcodes called cells (before QC removed them).
+IMPURITY_CLASSES = (
+    "off_target",
+    "residual_pluripotent",
+    "proliferating",
+    "unassigned",
+    "doublets",
+    "low_quality",
+)
+_FIELDS = (
+    "product",
+    "target",
+    "min_target_fraction",
+    "max_target_fraction",
+    "max_impurity",
+    "max_identity_fraction",
+    "transgene_features",
+    "example",
+    "note",
+)
+
+
+class SpecError(InputError):
+    """A release specification is malformed or names something unknown."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Release specification of a product (the user's; profiles ship only examples).
+
+    Parameters
+    ----------
+    product
+        Product profile name (``reference_atlases/profiles``) or a free product name.
+    target
+        Target identities: reference labels, or the name of the profile's target.
+    min_target_fraction, max_target_fraction
+        Acceptable range of the target fraction among cells passing QC.
+    max_impurity
+        Highest acceptable fraction per impurity class (:data:`IMPURITY_CLASSES`).
+    max_identity_fraction
+        Highest acceptable fraction of single named identities (off-target or forbidden
+        identities of the profile, or reference labels).
+    transgene_features
+        Count-matrix features of the transgene (e.g. ``CAT_scFv``); their positive fraction is
+        reported as a lower bound.
+    example
+        True for the example specs shipped with profiles (never a regulatory limit).
+    note
+        Free text carried into the report.
+
+    Examples
+    --------
+    >>> from sc_celltherapy.release import Spec
+    >>> spec = Spec(product="car_t_demo", target=("T cells",), min_target_fraction=0.8,
+    ...             max_impurity={"off_target": 0.2})
+    >>> Spec.from_yaml(spec.to_yaml()) == spec
+    True
+    """
+
+    product: str
+    target: tuple[str, ...]
+    min_target_fraction: float = 0.0
+    max_target_fraction: float = 1.0
+    max_impurity: Mapping[str, float] = field(default_factory=dict)
+    max_identity_fraction: Mapping[str, float] = field(default_factory=dict)
+    transgene_features: tuple[str, ...] = ()
+    example: bool = False
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        # copies, so the caller's dicts and lists cannot change a frozen spec afterwards
+        target = (self.target,) if isinstance(self.target, str) else tuple(self.target)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "transgene_features", tuple(self.transgene_features))
+        object.__setattr__(self, "max_impurity", dict(self.max_impurity))
+        object.__setattr__(self, "max_identity_fraction", dict(self.max_identity_fraction))
+        self._check()
+
+    def _check(self) -> None:
+        if not isinstance(self.product, str) or not self.product:
+            raise SpecError("Spec.product must be a non-empty string (the product's name).")
+        if not self.target or not all(isinstance(t, str) and t for t in self.target):
+            msg = f"Spec.target must name at least one identity, got {self.target!r}."
+            raise SpecError(msg)
+        unknown = sorted(set(self.max_impurity) - set(IMPURITY_CLASSES))
+        if unknown:
+            msg = (
+                f"Unknown impurity class(es) {unknown} in max_impurity; "
+                f"known classes: {list(IMPURITY_CLASSES)}."
+            )
+            raise SpecError(msg)
+        limits = {
+            "min_target_fraction": self.min_target_fraction,
+            "max_target_fraction": self.max_target_fraction,
+            **{f"max_impurity[{k}]": v for k, v in self.max_impurity.items()},
+            **{f"max_identity_fraction[{k}]": v for k, v in self.max_identity_fraction.items()},
+        }
+        for name, value in limits.items():
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or math.isnan(value) or not 0 <= value <= 1:
+                msg = f"Spec {name} = {value!r} is not a fraction in [0, 1]."
+                raise SpecError(msg)
+        if self.min_target_fraction > self.max_target_fraction:
+            msg = (
+                f"Spec min_target_fraction ({self.min_target_fraction}) is above "
+                f"max_target_fraction ({self.max_target_fraction}); no lot could pass."
+            )
+            raise SpecError(msg)
+
+    # ----------------------------------------------------------------------------------------
+    def check_identities(self, known: Iterable[str], *, where: str = "the reference") -> None:
+        """Raise :class:`SpecError` if the spec names an identity outside ``known``."""
+        known = set(known)
+        named = set(self.target) | set(self.max_identity_fraction)
+        unknown = sorted(named - known)
+        if unknown:
+            msg = (
+                f"The spec names identities {unknown} that {where} does not know. Known "
+                f"identities: {sorted(known)}. Fix the spec's target / max_identity_fraction."
+            )
+            raise SpecError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "product": self.product,
+            "target": list(self.target),
+            "min_target_fraction": self.min_target_fraction,
+            "max_target_fraction": self.max_target_fraction,
+            "max_impurity": dict(self.max_impurity),
+            "max_identity_fraction": dict(self.max_identity_fraction),
+            "transgene_features": list(self.transgene_features),
+            "example": self.example,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "spec") -> Spec:
+        if not isinstance(data, Mapping):
+            msg = f"{source}: a spec must be a mapping of fields, got {type(data).__name__}."
+            raise SpecError(msg)
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            msg = f"{source}: unknown spec field(s) {unknown}; fields are {list(_FIELDS)}."
+            raise SpecError(msg)
+        missing = [f for f in ("product", "target") if f not in data]
+        if missing:
+            msg = f"{source}: the spec lacks required field(s) {missing}."
+            raise SpecError(msg)
+        kwargs = dict(data)
+        for key in ("max_impurity", "max_identity_fraction"):
+            if kwargs.get(key) is None:
+                kwargs[key] = {}
+            elif not isinstance(kwargs[key], Mapping):
+                msg = f"{source}: {key} must map names to fractions, got {kwargs[key]!r}."
+                raise SpecError(msg)
+        try:
+            return cls(**kwargs)
+        except TypeError as err:
+            raise SpecError(f"{source}: {err}") from err
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        """The spec as YAML; written to ``path`` too when given."""
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, text_or_path: str | os.PathLike) -> Spec:
+        """Read a spec from YAML text or a ``.yaml`` file, with errors that name the problem."""
+        import yaml
+
+        source = "spec"
+        text = text_or_path
+        if isinstance(text_or_path, os.PathLike) or (
+            isinstance(text_or_path, str) and "\n" not in text_or_path
+        ):
+            path = Path(text_or_path)
+            if not path.is_file():
+                msg = f"Spec file {path} does not exist. Give the path of a spec YAML file."
+                raise SpecError(msg)
+            source, text = str(path), path.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            msg = f"{source} is not valid YAML: {err}. Fix the file's syntax."
+            raise SpecError(msg) from err
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_profile(cls, profile: str | Mapping) -> Spec:
+        """The example spec of a product profile (marked as an example, not a limit)."""
+        from ..atlas import load_profile
+
+        p = load_profile(profile) if isinstance(profile, str | os.PathLike) else profile
+        ex = p["example_spec"]
+        return cls(
+            product=p["name"],
+            target=(p["target"]["name"],),
+            min_target_fraction=ex["min_target_fraction"],
+            max_impurity=ex["max_impurity"],
+            max_identity_fraction={
+                d["identity"]: d["max_fraction"] for d in ex.get("max_identity_fraction") or []
+            },
+            transgene_features=tuple(t["name"] for t in p.get("transgene_features", [])),
+            example=True,
+            note=" ".join(ex["note"].split()),
+        )

@@ -1,0 +1,89 @@
+"""Release specs: a frozen dataclass that round-trips to YAML and refuses nonsense clearly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sc_celltherapy.atlas._manifests import _names
+from sc_celltherapy.release import Spec, SpecError
+
+
+def _spec(**kw):
+    base = {
+        "product": "car_t_demo",
+        "target": ("T cells",),
+        "min_target_fraction": 0.8,
+        "max_impurity": {"off_target": 0.1, "residual_pluripotent": 0.0001},
+        "max_identity_fraction": {"B-lineage cells": 0.01},
+    }
+    return Spec(**(base | kw))
+
+
+def test_yaml_round_trip(tmp_path):
+    spec = _spec(transgene_features=("CAT_scFv",), note="lot release v2")
+    assert Spec.from_yaml(spec.to_yaml()) == spec
+    path = tmp_path / "spec.yaml"
+    spec.to_yaml(path)
+    assert Spec.from_yaml(path) == spec
+    assert Spec.from_yaml(str(path)) == spec
+
+
+def test_frozen_and_independent_of_the_callers_dicts():
+    limits = {"off_target": 0.1}
+    spec = _spec(max_impurity=limits)
+    limits["off_target"] = 0.9
+    assert spec.max_impurity["off_target"] == 0.1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.min_target_fraction = 0.1
+
+
+@pytest.mark.parametrize("name", _names("profile"))
+def test_every_profile_example_spec_loads(name):
+    spec = Spec.from_profile(name)
+    assert spec.example and "not a regulatory limit" in spec.note
+    assert Spec.from_yaml(spec.to_yaml()) == spec
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"min_target_fraction": 1.2}, r"min_target_fraction = 1.2 is not a fraction in \[0, 1\]"),
+        ({"max_impurity": {"off_target": -0.1}}, r"max_impurity\[off_target\] = -0.1"),
+        ({"max_identity_fraction": {"B-lineage cells": 2}}, r"max_identity_fraction\[B-lineage"),
+        ({"max_impurity": {"bacteria": 0.1}}, r"Unknown impurity class\(es\) \['bacteria'\]"),
+        ({"min_target_fraction": 0.9, "max_target_fraction": 0.5}, "is above max_target_fraction"),
+        ({"target": ()}, "must name at least one identity"),
+        ({"min_target_fraction": float("nan")}, "not a fraction"),
+    ],
+)
+def test_invalid_specs_refused(kwargs, match):
+    with pytest.raises(SpecError, match=match):
+        _spec(**kwargs)
+
+
+def test_unknown_identity_named():
+    spec = _spec(max_identity_fraction={"Martian cells": 0.01})
+    with pytest.raises(SpecError, match=r"identities \['Martian cells'\] that the reference"):
+        spec.check_identities({"T cells", "B-lineage cells"}, where="the reference")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("product: x\ntarget: [a\n", "is not valid YAML"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("product: x\ntarget: [a]\ncolour: blue\n", r"unknown spec field\(s\) \['colour'\]"),
+        ("target: [a]\nmin_target_fraction: 0.5\n", r"lacks required field\(s\) \['product'\]"),
+        ("product: x\ntarget: [a]\nmax_impurity: 0.1\n", "max_impurity must map names"),
+    ],
+)
+def test_malformed_yaml_refused(text, match):
+    with pytest.raises(SpecError, match=match):
+        Spec.from_yaml(text)
+
+
+def test_missing_spec_file_refused(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        Spec.from_yaml(tmp_path / "nope.yaml")
