@@ -70,6 +70,16 @@ def demo_bundle(_isolated_cache):
     return sct.atlas.load("pbmc_demo")
 
 
+@pytest.fixture(scope="session")
+def mapped_product(cart_product_qc, demo_bundle):
+    """The real CAR-T product, QC'd (flagged cells removed) and mapped onto pbmc_demo. Read-only."""
+    import sc_celltherapy as sct
+
+    adata = sct.pp.filter_cells(cart_product_qc, copy=True)
+    sct.tl.map_to_reference(adata, demo_bundle)
+    return adata
+
+
 def pytest_collection_modifyitems(config, items):
     import importlib.util
 

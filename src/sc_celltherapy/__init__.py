@@ -7,7 +7,7 @@ function needs them.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import atlas, datasets, io, pl, pp, tl
+from . import atlas, datasets, io, pl, pp, release, tl, validation
 from ._settings import settings
 from ._validate import InputError
 
@@ -16,4 +16,16 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["pp", "tl", "pl", "io", "datasets", "atlas", "settings", "InputError", "__version__"]
+__all__ = [
+    "pp",
+    "tl",
+    "pl",
+    "io",
+    "datasets",
+    "atlas",
+    "release",
+    "validation",
+    "settings",
+    "InputError",
+    "__version__",
+]

@@ -20,6 +20,19 @@ def iter_samples(adata: AnnData, batch_key: str | None) -> Iterator[tuple[str, n
         yield name, values == name
 
 
+def plain(value):
+    """Numpy scalars to Python ones (recursively), ``None`` kept: ready for JSON."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
 def uns_safe(value):
     """Drop ``None`` and turn numpy scalars into Python ones, so ``.uns`` writes to ``.h5ad``."""
     if isinstance(value, dict):

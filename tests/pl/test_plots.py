@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -40,3 +41,28 @@ def test_clusters_plot(tmp_path):
     fig = sct.pl.clusters(adata, save=tmp_path / "clusters.png")
     assert isinstance(fig, Figure)
     assert (tmp_path / "clusters.png").stat().st_size > 10_000
+
+
+def test_identity_and_composition_plots(tmp_path):
+    from sc_celltherapy.release import Spec
+
+    lot = sct.datasets.toy_product(
+        n_cells=600, fractions={"T cell": 0.9, "monocyte": 0.1}, low_quality_rate=0, seed=0
+    )
+    with pytest.raises(sct.InputError, match="identity_score"):
+        sct.pl.identity(lot)
+    with pytest.raises(sct.InputError, match="assess_purity"):
+        sct.pl.composition(lot)
+    sct.tl.identity_score(lot, profile="car_t_demo")
+    sct.tl.cluster(lot, n_top_genes=300)
+    spec = Spec(product="toy", target=("T cells",), max_impurity={"off_target": 0.05})
+    report = sct.tl.assess_purity(lot, spec)
+    fig = sct.pl.identity(lot, save=tmp_path / "identity.png")
+    assert isinstance(fig, Figure) and (tmp_path / "identity.png").stat().st_size > 10_000
+    fig = sct.pl.composition(lot, save=tmp_path / "composition.png")
+    assert (tmp_path / "composition.png").stat().st_size > 10_000
+    # the off-target limit is drawn where the spec puts it, and the verdict is written
+    impurity_ax = fig.axes[1]
+    assert any(np.allclose(line.get_xdata(), 0.05) for line in impurity_ax.lines)
+    texts = {t.get_text() for t in impurity_ax.texts}
+    assert report.impurities.loc["off_target", "verdict"] in texts

@@ -17,13 +17,6 @@ T_LABELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def mapped_product(cart_product_qc, demo_bundle):
-    adata = sct.pp.filter_cells(cart_product_qc, copy=True)
-    sct.tl.map_to_reference(adata, demo_bundle)
-    return adata
-
-
 def test_cart_product_maps_to_t_cells(mapped_product):
     obs = mapped_product.obs
     assigned = ~obs["sct_ref_unassigned"]

@@ -1,6 +1,7 @@
 """Plots. Each function returns a matplotlib figure and saves it when given a path."""
 
 from ._clusters import clusters
+from ._identity import composition, identity
 from ._qc import qc
 
-__all__ = ["qc", "clusters"]
+__all__ = ["qc", "clusters", "identity", "composition"]

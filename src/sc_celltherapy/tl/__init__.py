@@ -1,6 +1,15 @@
 """Tools: clustering, mapping, identity and purity of a lot."""
 
 from ._cluster import cluster
+from ._identity import identity_score
 from ._map import MappingWarning, map_to_reference
+from ._purity import PurityReport, assess_purity
 
-__all__ = ["cluster", "map_to_reference", "MappingWarning"]
+__all__ = [
+    "cluster",
+    "map_to_reference",
+    "MappingWarning",
+    "identity_score",
+    "assess_purity",
+    "PurityReport",
+]

@@ -1,0 +1,315 @@
+"""Purity of a lot against its spec: fractions with intervals, limits of detection, verdicts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _stats
+from .._logging import logger
+from .._utils import plain, uns_safe
+from .._validate import InputError, MissingKeyError
+from ..release._spec import Spec
+from . import _panels
+from ._identity import TARGET, UNASSIGNED
+
+LEVEL = 0.95
+# classes whose fraction is of all barcodes called cells, and the QC flag that counts them
+_QC_CLASSES = {"doublets": "sct_doublet", "low_quality": "sct_low_quality"}
+IMPURITY_COLUMNS = ["n", "fraction", "ci_low", "ci_high", "limit", "verdict", "cells_needed"]
+
+
+@dataclass(frozen=True)
+class TargetFraction:
+    """The target fraction of a lot, its 95% interval, the spec's minimum and the verdict."""
+
+    n: int
+    fraction: float
+    ci_low: float
+    ci_high: float
+    limit: float | None
+    verdict: str | None
+    cells_needed: int | None
+
+
+@dataclass(frozen=True)
+class PurityReport:
+    """Identity and purity of one lot against its spec (see :func:`assess_purity`).
+
+    ``impurities`` is a DataFrame indexed by class (the spec's impurity classes, then
+    ``identity:<name>`` rows for single identities) with columns ``n``, ``fraction``,
+    ``ci_low``, ``ci_high``, ``limit``, ``verdict``, ``cells_needed`` and ``denominator``
+    (``"assessed"``: cells passing QC; ``"barcodes"``: all barcodes called cells).
+    """
+
+    n_cells: int
+    n_barcodes: int
+    qc_excluded: dict[str, int]
+    target: TargetFraction
+    impurities: pd.DataFrame = field(repr=False)
+    lod95: float
+    verdict: str
+    transgene: dict[str, Any] | None
+    spec: dict[str, Any]
+    notes: list[str]
+    method: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready values (``None`` where there is no limit or verdict)."""
+        frame = self.impurities.astype(object).where(self.impurities.notna(), None)
+        return plain(
+            {
+                "n_cells": self.n_cells,
+                "n_barcodes": self.n_barcodes,
+                "qc_excluded": dict(self.qc_excluded),
+                "target": self.target.__dict__,
+                "impurities": {k: dict(row) for k, row in frame.iterrows()},
+                "lod95": self.lod95,
+                "verdict": self.verdict,
+                "transgene": self.transgene,
+                "spec": self.spec,
+                "notes": list(self.notes),
+                "method": self.method,
+            }
+        )
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), indent=kwargs.pop("indent", 2), **kwargs)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Target and impurity rows in one table, as a report prints them."""
+        target = pd.DataFrame([self.target.__dict__], index=[TARGET])
+        target["denominator"] = "assessed"
+        return pd.concat([target, self.impurities])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PurityReport:
+        impurities = pd.DataFrame.from_dict(d["impurities"], orient="index")
+        impurities = impurities.reindex(columns=[*IMPURITY_COLUMNS, "denominator"])
+        return cls(
+            n_cells=d["n_cells"],
+            n_barcodes=d["n_barcodes"],
+            qc_excluded=d["qc_excluded"],
+            target=TargetFraction(
+                **({"limit": None, "verdict": None, "cells_needed": None} | d["target"])
+            ),
+            impurities=impurities,
+            lod95=d["lod95"],
+            verdict=d["verdict"],
+            transgene=d.get("transgene"),
+            spec=d["spec"],
+            notes=d.get("notes", []),
+            method=d["method"],
+        )
+
+
+def assess_purity(
+    adata: AnnData,
+    spec: Spec,
+    *,
+    identity_key: str = "sct_identity",
+    layer: str | None = None,
+    key_added: str = "sct_purity",
+) -> PurityReport:
+    """Judge a lot's identity and purity against a release spec.
+
+    Every fraction k/n gets a 95% Wilson interval (k = 0: the exact one-sided upper bound
+    ``1 - 0.05^(1/n)``), the spec's limit and a verdict: PASS when the whole interval meets the
+    limit, FAIL when the whole interval violates it, INCONCLUSIVE when it straddles it, with the
+    number of cells that would have decided it. Classes: ``off_target`` (identities of that
+    class), ``residual_pluripotent`` (pluripotency panel, see :func:`identity_score`),
+    ``proliferating`` (scanpy's cell-cycle scoring with the Tirosh S and G2/M programmes:
+    phase S or G2M, deterministic), ``unassigned`` (out of the reference), all as fractions of cells passing
+    QC; ``doublets`` and ``low_quality`` as fractions of all barcodes called cells (from
+    ``uns["sct_qc"]`` of :func:`~sc_celltherapy.pp.filter_cells`, or from the QC flags when
+    cells were flagged but not removed). The transgene-positive fraction (a count in any
+    ``spec.transgene_features``) is reported as a lower bound. Several channels of one lot are
+    pooled (their cells summed) before intervals are computed.
+
+    Parameters
+    ----------
+    adata
+        QC'd lot scored with :func:`identity_score`.
+    spec
+        The release specification (:class:`~sc_celltherapy.release.Spec`).
+    identity_key
+        ``key_added`` of :func:`identity_score`.
+    layer
+        Layer with raw counts; ``None`` uses ``.X``.
+    key_added
+        Where the report and per-cell calls go.
+
+    Returns
+    -------
+    The :class:`PurityReport`; also stored as a dict in ``uns[key_added]``, with per-cell
+    ``obs[f"{key_added}_proliferating"]`` (bool) and ``obs[f"{key_added}_phase"]``.
+    """
+    if not isinstance(spec, Spec):
+        msg = f"spec must be a sc_celltherapy.release.Spec, got {type(spec).__name__}."
+        raise InputError(msg)
+    class_col = f"{identity_key}_class"
+    if class_col not in adata.obs or identity_key not in adata.uns:
+        msg = f"adata.obs has no {class_col!r}: run sct.tl.identity_score before assess_purity."
+        raise MissingKeyError(msg)
+    info = adata.uns[identity_key]
+    known = set(info["identities"]) | set(info["target"]) | {info["target_name"]}
+    spec.check_identities(known, where=f"the identity scoring (profile {info.get('profile')})")
+    assessed, n_barcodes, qc_excluded, notes = _assessed_cells(adata, spec)
+    n = int(assessed.sum())
+    if n == 0:
+        raise InputError("No cell is left to assess after QC; nothing can be reported.")
+    classes = adata.obs[class_col].astype(str).to_numpy()[assessed]
+    impurity_class = dict(info["impurity_class"])
+
+    k_target = int((classes == TARGET).sum())
+    target = _target_row(k_target, n, spec)
+
+    counts: dict[str, tuple[int, int, str]] = {}
+    off = [name for name, c in impurity_class.items() if c == "off_target"]
+    counts["off_target"] = (int(np.isin(classes, off).sum()), n, "assessed")
+    pluri = adata.obs[f"{identity_key}_pluripotent"].to_numpy(dtype=bool)[assessed]
+    counts["residual_pluripotent"] = (int(pluri.sum()), n, "assessed")
+    _, _, phase, n_cc = _panels.cell_cycle(adata, layer=layer)
+    if phase is None:
+        notes.append(
+            f"proliferating not scored: only {n_cc[0]} S / {n_cc[1]} G2M cell-cycle genes found"
+        )
+    else:
+        adata.obs[f"{key_added}_phase"] = pd.Categorical(phase)
+        adata.obs[f"{key_added}_proliferating"] = phase != "G1"
+        counts["proliferating"] = (int((phase[assessed] != "G1").sum()), n, "assessed")
+    counts["unassigned"] = (int((classes == UNASSIGNED).sum()), n, "assessed")
+    for cls, flag in _QC_CLASSES.items():
+        if flag in qc_excluded:
+            counts[cls] = (qc_excluded[flag], n_barcodes, "barcodes")
+    rows = {cls: _impurity_row(*counts[cls], spec.max_impurity.get(cls)) for cls in counts}
+    for cls in spec.max_impurity:
+        if cls not in rows:
+            msg = (
+                f"The spec limits {cls!r} but the lot has no data for it "
+                f"({'run sct.pp.doublets / flag_low_quality before filter_cells' if cls in _QC_CLASSES else 'genes missing'})."
+            )
+            raise InputError(msg)
+    for name, limit in spec.max_identity_fraction.items():
+        k = int((classes == name).sum())
+        rows[f"identity:{name}"] = _impurity_row(k, n, "assessed", limit)
+    impurities = pd.DataFrame.from_dict(rows, orient="index")
+    impurities = impurities[[*IMPURITY_COLUMNS, "denominator"]]
+
+    transgene = _transgene(adata, spec, assessed, layer)
+    verdicts = [target.verdict, *impurities["verdict"]]
+    report = PurityReport(
+        n_cells=n,
+        n_barcodes=n_barcodes,
+        qc_excluded=qc_excluded,
+        target=target,
+        impurities=impurities,
+        lod95=_stats.detection_limit(n, LEVEL),
+        verdict=_stats.overall_verdict(verdicts),
+        transgene=transgene,
+        spec=spec.to_dict(),
+        notes=notes,
+        method={
+            "interval": "Wilson score, 95%; k = 0: exact one-sided upper bound 1 - 0.05^(1/n)",
+            "lod95": "1 - 0.05^(1/n): fraction seen at least once with 95% probability",
+            "channels": "pooled (cells of all channels summed)",
+            "identity": info["method"],
+            "proliferating": (
+                "cell-cycle scoring (scanpy score_genes, Tirosh 2016 S and G2/M genes, all "
+                "genes of each expression bin as controls): phase S or G2M"
+            ),
+        },
+    )
+    adata.uns[key_added] = uns_safe(report.to_dict())
+    logger.info(
+        "purity verdict %s (target %.1f%% of %d cells)", report.verdict, 100 * target.fraction, n
+    )
+    return report
+
+
+def _assessed_cells(adata: AnnData, spec: Spec):
+    """Cells to assess, barcodes called cells, cells excluded per QC flag, and notes."""
+    notes: list[str] = []
+    qc = adata.uns.get("sct_qc")
+    present_flags = [f for f in _QC_CLASSES.values() if f in adata.obs]
+    if qc is not None:
+        # filter_cells removed the flagged cells; it recorded how many, per flag
+        excluded = {k: int(v) for k, v in qc["n_removed"].items()}
+        return np.ones(adata.n_obs, bool), int(qc["n_cells_before"]), excluded, notes
+    if present_flags:
+        flagged = np.zeros(adata.n_obs, bool)
+        excluded = {}
+        for f in present_flags:
+            col = adata.obs[f].to_numpy(dtype=bool)
+            excluded[f] = int(col.sum())
+            flagged |= col
+        excluded["any"] = int(flagged.sum())
+        return ~flagged, adata.n_obs, excluded, notes
+    notes.append("no QC record: every cell assessed, doublets and low-quality cells not counted")
+    return np.ones(adata.n_obs, bool), adata.n_obs, {}, notes
+
+
+def _impurity_row(k: int, n: int, denominator: str, limit: float | None) -> dict:
+    lo, hi = _stats.fraction_interval(k, n, LEVEL)
+    frac = k / n if n else float("nan")
+    return {
+        "n": k,
+        "fraction": frac,
+        "ci_low": lo,
+        "ci_high": hi,
+        "limit": limit,
+        "verdict": _stats.verdict(lo, hi, limit, kind="max"),
+        "cells_needed": _stats.cells_needed(frac, limit, kind="max", level=LEVEL),
+        "denominator": denominator,
+    }
+
+
+def _target_row(k: int, n: int, spec: Spec) -> TargetFraction:
+    lo, hi = _stats.fraction_interval(k, n, LEVEL)
+    limit = spec.min_target_fraction
+    return TargetFraction(
+        n=k,
+        fraction=k / n,
+        ci_low=lo,
+        ci_high=hi,
+        limit=limit,
+        verdict=_stats.verdict(lo, hi, limit, kind="min"),
+        cells_needed=_stats.cells_needed(k / n, limit, kind="min", level=LEVEL),
+    )
+
+
+def _transgene(adata: AnnData, spec: Spec, assessed: np.ndarray, layer) -> dict | None:
+    if not spec.transgene_features:
+        return None
+    from .._validate import get_matrix
+
+    missing = [f for f in spec.transgene_features if f not in adata.var_names]
+    if missing:
+        msg = (
+            f"Transgene feature(s) {missing} named by the spec are not in the count matrix. "
+            "Check the feature name (e.g. CAT_scFv) or remove transgene_features from the spec."
+        )
+        raise InputError(msg)
+    cols = adata.var_names.get_indexer(list(spec.transgene_features))
+    counts = get_matrix(adata, layer)[:, cols]
+    positive = np.asarray((counts > 0).sum(axis=1)).ravel()[assessed] > 0
+    k, n = int(positive.sum()), int(assessed.sum())
+    lo, hi = _stats.fraction_interval(k, n, LEVEL)
+    return {
+        "features": list(spec.transgene_features),
+        "n": k,
+        "fraction": k / n,
+        "ci_low": lo,
+        "ci_high": hi,
+        "lower_bound": True,
+        "reason": (
+            "transgene transcripts are poorly captured (a cell expressing the transgene often "
+            "has no counted transcript), so the fraction of cells where it is detected is a "
+            "lower bound of the transgene-positive fraction"
+        ),
+    }
