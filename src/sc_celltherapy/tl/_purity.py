@@ -172,8 +172,10 @@ def assess_purity(
     counts: dict[str, tuple[int, int, str]] = {}
     off = [name for name, c in impurity_class.items() if c == "off_target"]
     counts["off_target"] = (int(np.isin(classes, off).sum()), n, "assessed")
-    pluri = adata.obs[f"{identity_key}_pluripotent"].to_numpy(dtype=bool)[assessed]
-    counts["residual_pluripotent"] = (int(pluri.sum()), n, "assessed")
+    # from the pluripotency panel (identity_score names those cells so) and from reference
+    # labels of a residual-pluripotent identity, where the reference has one
+    pluri = [name for name, c in impurity_class.items() if c == "residual_pluripotent"]
+    counts["residual_pluripotent"] = (int(np.isin(classes, pluri).sum()), n, "assessed")
     _, _, phase, n_cc = _panels.cell_cycle(adata, layer=layer)
     if phase is None:
         notes.append(
@@ -190,10 +192,13 @@ def assess_purity(
     rows = {cls: _impurity_row(*counts[cls], spec.max_impurity.get(cls)) for cls in counts}
     for cls in spec.max_impurity:
         if cls not in rows:
-            msg = (
-                f"The spec limits {cls!r} but the lot has no data for it "
-                f"({'run sct.pp.doublets / flag_low_quality before filter_cells' if cls in _QC_CLASSES else 'genes missing'})."
+            why = (
+                "run sct.pp.flag_low_quality / sct.pp.doublets before filter_cells"
+                if cls in _QC_CLASSES
+                else f"only {n_cc[0]} S / {n_cc[1]} G2M cell-cycle genes are in the matrix, "
+                f"fewer than {_panels.MIN_CELL_CYCLE_GENES} of either"
             )
+            msg = f"The spec limits {cls!r} but the lot has no data for it: {why}."
             raise InputError(msg)
     for name, limit in spec.max_identity_fraction.items():
         k = int((classes == name).sum())
