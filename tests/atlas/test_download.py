@@ -592,7 +592,7 @@ def test_csv_atlas_with_obs_table_end_to_end(tmp_path):
 def test_pbmc_demo_prepares_offline():
     ref = prepare_reference("pbmc_demo")
     assert ref.shape == (700, 765)
-    assert list(ref.obs.columns) == ["cell_type", "cell_lineage", "n_counts_original"]
+    assert list(ref.obs.columns) == ["cell_type", "cell_lineage", "dataset", "n_counts_original"]
     assert ref.obs["cell_lineage"].value_counts().sum() == 700
     assert ref.uns["sct_atlas_build"]["source_sha256"] == {}
 

@@ -138,7 +138,9 @@ def map_to_reference(
             "n_missing_genes": len(missing),
             "labels": labels,
             "calibration_temperature": manifest["calibration"]["temperature"],
-            "oor_thresholds": oor["thresholds"],
+            # a list in the order of "labels": labels such as "CD4+/CD25 T Reg" cannot be
+            # h5ad keys
+            "oor_thresholds": [oor["thresholds"][lab] for lab in labels],
             "oor_quantile": oor["quantile"],
             "surgery_trained": bool(new_batches),
             "new_batches": new_batches,
