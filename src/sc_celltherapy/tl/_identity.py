@@ -97,10 +97,6 @@ def identity_score(
         raise MissingKeyError(msg)
     identities = _identities(prof, target, ref_labels)
 
-    target_markers = identities[0]["markers"]
-    marker_score, marker_genes = _panels.panel_score(
-        adata, target_markers.get("positive", []), target_markers.get("negative", []), layer=layer
-    )
     pluri_panel = next(
         (i["markers"]["positive"] for i in identities if i["class"] == "residual_pluripotent"),
         _panels.PLURIPOTENCY_PANEL,
@@ -109,14 +105,23 @@ def identity_score(
         (i["name"] for i in identities if i["class"] == "residual_pluripotent"),
         RESIDUAL_PLURIPOTENT,
     )
-    pluri_score, pluripotent, pluri_genes = _panels.pluripotency(adata, pluri_panel, layer=layer)
+    panel_genes = [*pluri_panel]
+    for i in identities:
+        panel_genes += i.get("markers", {}).get("positive", [])
+        panel_genes += i.get("markers", {}).get("negative", [])
+    table = _panels.percentile_table(adata, panel_genes, layer=layer)
+    target_markers = identities[0]["markers"]
+    marker_score, marker_genes = _panels.panel_score(
+        table, target_markers.get("positive", []), target_markers.get("negative", [])
+    )
+    pluri_score, pluripotent, pluri_genes = _panels.pluripotency(table, pluri_panel)
 
     with timed(f"identity of {adata.n_obs} cells"):
         if mapped:
             score, classes = _from_reference(adata, reference_key, identities)
             method = "reference"
         else:
-            score, classes = _from_markers(adata, identities, layer=layer)
+            score, classes = _from_markers(table, identities)
             method = "marker panels (within-cell ranks)"
     classes = np.where(pluripotent, pluri_name, classes)
 
@@ -222,7 +227,7 @@ def _from_reference(adata, reference_key, identities) -> tuple[np.ndarray, np.nd
     return score, np.where(unassigned, UNASSIGNED, classes)
 
 
-def _from_markers(adata, identities, *, layer) -> tuple[np.ndarray, np.ndarray]:
+def _from_markers(table, identities) -> tuple[np.ndarray, np.ndarray]:
     """Rank-based panel classification (in the manner of AUCell / singscore): each identity's
     panel score (:func:`~sc_celltherapy.tl._panels.panel_score`), the class with the highest
     score, unassigned when no panel has any evidence; the identity score is the target's share
@@ -233,9 +238,9 @@ def _from_markers(adata, identities, *, layer) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(msg)
     scores = np.column_stack(
         [
-            _panels.panel_score(
-                adata, i["markers"]["positive"], i["markers"].get("negative", []), layer=layer
-            )[0]
+            _panels.panel_score(table, i["markers"]["positive"], i["markers"].get("negative", []))[
+                0
+            ]
             for i in with_panel
         ]
     )

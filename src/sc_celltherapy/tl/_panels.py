@@ -9,6 +9,7 @@ hold for UMI counts and for full-length expected counts.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -73,30 +74,38 @@ def within_cell_percentiles(adata: AnnData, genes, *, layer: str | None = None) 
     return out
 
 
-def panel_score(
-    adata: AnnData, positive, negative=(), *, layer: str | None = None
-) -> tuple[np.ndarray, list[str]]:
+def percentile_table(adata: AnnData, genes, *, layer: str | None = None) -> pd.DataFrame:
+    """Within-cell percentiles of every gene of ``genes`` found in the lot (cells x genes),
+    computed in one pass so that several panels share it."""
+    found = list(dict.fromkeys(present_genes(adata, genes)))
+    return pd.DataFrame(within_cell_percentiles(adata, found, layer=layer), columns=found)
+
+
+def panel_score(table: pd.DataFrame, positive, negative=()) -> tuple[np.ndarray, list[str]]:
     """Marker-panel score in [0, 1]: mean within-cell percentile of the positive genes minus
-    that of the negative genes, clipped at 0. Returns the scores and the genes used."""
-    pos, neg = present_genes(adata, positive), present_genes(adata, negative)
+    that of the negative genes, clipped at 0 (``table``: :func:`percentile_table`). Returns the
+    scores and the genes used."""
+    pos = [g for g in positive if g in table.columns]
+    neg = [g for g in negative if g in table.columns]
     if not pos:
-        return np.zeros(adata.n_obs), []
-    score = within_cell_percentiles(adata, pos, layer=layer).mean(axis=1)
+        return np.zeros(len(table)), []
+    score = table[pos].to_numpy().mean(axis=1)
     if neg:
-        score = score - within_cell_percentiles(adata, neg, layer=layer).mean(axis=1)
+        score = score - table[neg].to_numpy().mean(axis=1)
     return np.clip(score, 0, 1), pos + neg
 
 
 def pluripotency(
-    adata: AnnData, panel=PLURIPOTENCY_PANEL, *, layer: str | None = None
+    table: pd.DataFrame, panel=PLURIPOTENCY_PANEL
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Pluripotency score (median within-cell percentile of the panel), the call (score >=
-    ``PLURIPOTENT_MIN_PERCENTILE``) and the panel genes found. With fewer than
-    ``MIN_PANEL_GENES`` found, nothing is called and the score is NaN."""
-    genes = present_genes(adata, panel)
+    ``PLURIPOTENT_MIN_PERCENTILE``) and the panel genes found (``table``:
+    :func:`percentile_table`). With fewer than ``MIN_PANEL_GENES`` found, nothing is called and
+    the score is NaN."""
+    genes = [g for g in panel if g in table.columns]
     if len(genes) < MIN_PANEL_GENES:
-        return np.full(adata.n_obs, np.nan), np.zeros(adata.n_obs, bool), genes
-    score = np.median(within_cell_percentiles(adata, genes, layer=layer), axis=1)
+        return np.full(len(table), np.nan), np.zeros(len(table), bool), genes
+    score = np.median(table[genes].to_numpy(), axis=1)
     return score, score >= PLURIPOTENT_MIN_PERCENTILE, genes
 
 

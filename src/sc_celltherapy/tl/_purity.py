@@ -13,7 +13,7 @@ from anndata import AnnData
 from .. import _stats
 from .._logging import logger
 from .._utils import plain, uns_safe
-from .._validate import InputError, MissingKeyError
+from .._validate import InputError, MissingKeyError, get_matrix
 from ..release._spec import Spec
 from . import _panels
 from ._identity import TARGET, UNASSIGNED
@@ -159,7 +159,7 @@ def assess_purity(
     info = adata.uns[identity_key]
     known = set(info["identities"]) | set(info["target"]) | {info["target_name"]}
     spec.check_identities(known, where=f"the identity scoring (profile {info.get('profile')})")
-    assessed, n_barcodes, qc_excluded, notes = _assessed_cells(adata, spec)
+    assessed, n_barcodes, qc_excluded, notes = _assessed_cells(adata)
     n = int(assessed.sum())
     if n == 0:
         raise InputError("No cell is left to assess after QC; nothing can be reported.")
@@ -237,7 +237,7 @@ def assess_purity(
     return report
 
 
-def _assessed_cells(adata: AnnData, spec: Spec):
+def _assessed_cells(adata: AnnData):
     """Cells to assess, barcodes called cells, cells excluded per QC flag, and notes."""
     notes: list[str] = []
     qc = adata.uns.get("sct_qc")
@@ -291,8 +291,6 @@ def _target_row(k: int, n: int, spec: Spec) -> TargetFraction:
 def _transgene(adata: AnnData, spec: Spec, assessed: np.ndarray, layer) -> dict | None:
     if not spec.transgene_features:
         return None
-    from .._validate import get_matrix
-
     missing = [f for f in spec.transgene_features if f not in adata.var_names]
     if missing:
         msg = (
