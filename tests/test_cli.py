@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from sc_celltherapy.cli import main
-
-
-def test_demo_runs(tmp_path):
-    out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "sc_celltherapy", "demo", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "QC summary" in proc.stdout and "Clusters" in proc.stdout
-    for name in ("qc.png", "clusters.png", "lot.h5ad"):
-        assert (out / name).stat().st_size > 0
 
 
 def test_help_exits_zero(capsys):

@@ -26,10 +26,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="QC and clustering of the embedded real PBMC data")
-    demo.add_argument(
-        "--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)"
+    demo = sub.add_parser(
+        "demo",
+        help="a full release of a demo lot (generated from scanpy's real PBMCs, planted "
+        "contaminants) against the embedded reference",
     )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo_output"),
+        help="release directory (default: demo_output)",
+    )
+    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
 
     qc = sub.add_parser("qc", help="QC one lot: metrics, low-quality and doublet flags, filter")
@@ -56,8 +64,62 @@ def _parser() -> argparse.ArgumentParser:
     mp.add_argument("--seed", type=int, default=0)
     mp.set_defaults(func=_cmd_map)
 
+    sc = sub.add_parser("score", help="identity and purity of a mapped lot (.h5ad in and out)")
+    sc.add_argument("input", type=Path, help="lot after `map`")
+    sc.add_argument("--out", type=Path, required=True, help="output .h5ad")
+    _add_spec_args(sc)
+    sc.add_argument("--report-json", type=Path, default=None, help="also write the report here")
+    sc.set_defaults(func=_cmd_score)
+
+    rel = sub.add_parser(
+        "release",
+        help="the whole chain for one lot: read, QC, map, identity, purity, report, audit",
+        description="Release one lot. Writes DIR/results.json, lot.h5ad, report.html and "
+        "audit.jsonl through a temporary directory renamed into place; DIR must not exist. "
+        "Exit 0 when the release completed (whatever its verdict), 2 on bad input (nothing "
+        "written), 1 on an internal error (nothing written).",
+    )
+    rel.add_argument("input", type=Path, help="10x .h5, 10x matrix folder or .h5ad")
+    _add_spec_args(rel)
+    rel.add_argument(
+        "--reference", default=None, help="bundle directory or name (default: the profile's atlas)"
+    )
+    rel.add_argument("--lot-id", required=True)
+    rel.add_argument("--operator", required=True, help="who runs the release (audit trail)")
+    rel.add_argument("--out", type=Path, required=True, help="release directory (must not exist)")
+    rel.add_argument("--seed", type=int, default=0)
+    rel.add_argument("--batch-key", default=None, help=".obs column with the lot's channels")
+    rel.add_argument("--min-gene-overlap", type=float, default=0.5)
+    rel.add_argument(
+        "--verify-rerun",
+        action="store_true",
+        help="run the chain twice and state whether the results agree",
+    )
+    rel.add_argument(
+        "--audit-log", type=Path, default=None, help="lab-wide audit log to append to as well"
+    )
+    rel.set_defaults(func=_cmd_release)
+
+    audit = sub.add_parser("audit", help="audit trails")
+    acmds = audit.add_subparsers(dest="audit_command", required=True)
+    av = acmds.add_parser(
+        "verify", help="check the hash chain of an audit.jsonl (exit 2 if broken)"
+    )
+    av.add_argument("log", type=Path)
+    av.set_defaults(func=_cmd_audit_verify)
+
     _add_atlas_commands(sub)
     return parser
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--product", default=None, help="product profile name (see `atlas list`)")
+    p.add_argument(
+        "--spec",
+        type=Path,
+        default=None,
+        help="release spec YAML (default: the product's example spec)",
+    )
 
 
 def _add_atlas_commands(sub) -> None:
@@ -221,24 +283,136 @@ def _map_summary(adata) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from . import datasets, pl, pp, tl
+    import dataclasses
+    import tempfile
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    adata = datasets.pbmc_reference()
-    print(f"Embedded data: {adata.uns['sct_dataset']['source']}")
-    print(f"  {adata.n_obs} cells x {adata.n_vars} genes (real counts)\n")
-    pp.qc_metrics(adata)
-    pp.flag_low_quality(adata)
-    pp.doublets(adata)
-    pl.qc(adata, save=out / "qc.png")
-    pp.filter_cells(adata)
-    print(_qc_summary(adata))
-    tl.cluster(adata, n_top_genes=500)
-    pl.clusters(adata, save=out / "clusters.png")
-    print(_cluster_summary(adata, label_key="cell_type"))
-    adata.write_h5ad(out / "lot.h5ad")
-    print(f"\nWrote {out / 'qc.png'}, {out / 'clusters.png'}, {out / 'lot.h5ad'}")
+    from . import datasets, release
+    from .release._run import check_out_dir
+
+    check_out_dir(args.out.absolute())
+    lot = datasets.pbmc_demo_lot(seed=args.seed)
+    print(
+        f"Demo lot: {lot.n_obs} cells generated from real PBMCs ({lot.uns['sct_dataset']['source']})"
+    )
+    print(
+        "  planted: " + ", ".join(f"{k} {v:.1%}" for k, v in datasets.DEMO_LOT_COMPOSITION.items())
+    )
+    print(
+        "  (the embedded reference is built from the same cells: this shows the chain, not accuracy)\n"
+    )
+    # the demo lot has no CAR transgene feature; the example spec is otherwise the profile's
+    spec = dataclasses.replace(release.Spec.from_profile("car_t_demo"), transgene_features=())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pbmc_demo_lot.h5ad"
+        lot.write_h5ad(path)
+        result = release.run(
+            path,
+            out_dir=args.out,
+            lot_id="DEMO-PBMC-001",
+            operator="demo",
+            spec=spec,
+            product="car_t_demo",
+            reference="pbmc_demo",
+            seed=args.seed,
+            progress=_progress,
+        )
+    print(_release_summary(result))
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _spec_and_product(args: argparse.Namespace):
+    if args.spec is None and args.product is None:
+        raise InputError("Give --product NAME (its example spec) or --spec SPEC.yaml.")
+    return (args.spec, args.product)
+
+
+def _cmd_release(args: argparse.Namespace) -> None:
+    from . import release
+
+    spec, product = _spec_and_product(args)
+    result = release.run(
+        args.input,
+        out_dir=args.out,
+        lot_id=args.lot_id,
+        operator=args.operator,
+        spec=spec,
+        product=product,
+        reference=args.reference,
+        batch_key=args.batch_key,
+        seed=args.seed,
+        min_gene_overlap=args.min_gene_overlap,
+        verify_rerun=args.verify_rerun,
+        audit_log=args.audit_log,
+        progress=_progress,
+    )
+    print(_release_summary(result))
+
+
+def _release_summary(result) -> str:
+    from .release import verify_audit
+
+    r = result.results
+    lines = [f"Lot {r['lot_id']} ({r['product']}): verdict {r['verdict']}"]
+    if r["spec"]["example"]:
+        lines.append(
+            "  (judged against an EXAMPLE spec shipped with the profile, not a regulatory limit)"
+        )
+    lines.append(f"  {'criterion':<32} {'fraction':>9} {'95% interval':>19} {'limit':>8}  verdict")
+    for c in r["criteria"]:
+        interval = f"[{c['ci_low']:.2%}, {c['ci_high']:.2%}]"
+        lines.append(
+            f"  {c['criterion']:<32} {c['fraction']:>9.2%} {interval:>19} {c['limit']:>8.2%}  {c['verdict']}"
+        )
+    lines.append(f"  {r['detection']['statement']}")
+    rerun = r["run"].get("rerun")
+    if rerun is not None:
+        lines.append(
+            "  verify-rerun: results agree"
+            if rerun["agrees"]
+            else f"  verify-rerun: results DIFFER in {rerun['differences']}"
+        )
+    summary = verify_audit(result.out_dir / "audit.jsonl")
+    lines.append(f"Wrote {result.out_dir}/: results.json, lot.h5ad, report.html, audit.jsonl")
+    lines.append(f"  audit: {summary.n_records} records, last hash {summary.last_hash} (record it)")
+    return "\n".join(lines)
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+    from . import io, release, tl
+    from .release._run import _resolve_profile
+
+    _check_out_file(args.out)
+    spec_arg, product = _spec_and_product(args)
+    spec = (
+        release.Spec.from_yaml(spec_arg)
+        if spec_arg is not None
+        else release.Spec.from_profile(product)
+    )
+    adata = io.read(args.input)
+    if "sct_ref" not in adata.uns:
+        raise InputError(f"{args.input} is not mapped: run `sc-celltherapy map` first.")
+    profile = _resolve_profile(product, spec)
+    target = None if profile is not None else list(spec.target)
+    tl.identity_score(adata, target=target, profile=profile)
+    report = tl.assess_purity(adata, spec)
+    adata.write_h5ad(args.out)
+    if args.report_json is not None:
+        args.report_json.write_text(report.to_json() + "\n")
+    print(f"Verdict {report.verdict} ({report.n_cells} cells; LOD95 {report.lod95:.2%})")
+    print(report.to_frame().drop(columns=["denominator"]).to_string())
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> None:
+    from .release import verify_audit
+
+    summary = verify_audit(args.log)
+    print(
+        f"OK {summary.path}: {summary.n_records} records, {len(summary.runs)} run(s), chain intact; "
+        f"last hash {summary.last_hash}"
+    )
 
 
 def _qc_summary(adata) -> str:

@@ -54,3 +54,76 @@ def pbmc_reference() -> AnnData:
         "labels": "obs['cell_type'] = original bulk_labels (FACS-sorted population of origin)",
     }
     return adata
+
+
+# Planted composition of the demo lot: a T-cell product with known contaminants.
+DEMO_LOT_COMPOSITION = {
+    "T cells": 0.88,
+    "CD14+ Monocyte": 0.06,
+    "CD56+ NK": 0.02,
+    "CD19+ B": 0.025,
+    "Dendritic": 0.015,
+}
+_T_LABELS = (
+    "CD4+/CD25 T Reg",
+    "CD4+/CD45RA+/CD25- Naive T",
+    "CD4+/CD45RO+ Memory",
+    "CD8+ Cytotoxic T",
+    "CD8+/CD45RA+ Naive Cytotoxic",
+)
+
+
+def pbmc_demo_lot(n_cells: int = 1000, *, seed: int = 0) -> AnnData:
+    """A demo product lot with known contaminants, generated from the embedded real PBMCs.
+
+    Cells are drawn (with replacement) from :func:`pbmc_reference` by population at the planted
+    fractions of :data:`DEMO_LOT_COMPOSITION` (88% T cells; 6% monocytes, 2% NK, 2.5% B, 1.5%
+    dendritic cells), and each drawn cell's counts are binomially thinned to 90-100% of its UMIs (gently: the 765-gene panel leaves a median 243 genes per cell, near the 200-gene QC floor),
+    so repeated draws of one cell are distinct, as two sequencings of one cell would be.
+
+    This is generated data, derived from real cells, and labelled so: the planted population
+    of each cell is in ``obs["planted_identity"]``. The cells are the ones the embedded
+    reference (``pbmc_demo``) is built from, so a demo release shows the chain and its outputs,
+    not the accuracy of mapping (``benchmarks/`` measures that on held-out patients).
+
+    Returns
+    -------
+    AnnData with integer counts in ``.X``, ``obs["planted_identity"]``,
+    ``obs["source_cell"]`` and provenance in ``uns["sct_dataset"]``.
+    """
+    ref = pbmc_reference()
+    rng = np.random.default_rng(seed)
+    labels = ref.obs["cell_type"].astype(str).to_numpy()
+    groups = {"T cells": np.flatnonzero(np.isin(labels, _T_LABELS))}
+    groups |= {k: np.flatnonzero(labels == k) for k in DEMO_LOT_COMPOSITION if k != "T cells"}
+    sizes = {k: int(round(f * n_cells)) for k, f in DEMO_LOT_COMPOSITION.items()}
+    sizes["T cells"] = n_cells - sum(v for k, v in sizes.items() if k != "T cells")
+    picks = np.concatenate([rng.choice(groups[k], size=sizes[k]) for k in DEMO_LOT_COMPOSITION])
+    planted = np.repeat(list(DEMO_LOT_COMPOSITION), [sizes[k] for k in DEMO_LOT_COMPOSITION])
+    order = rng.permutation(n_cells)
+    picks, planted = picks[order], planted[order]
+    counts = sp.csr_matrix(ref.X[picks], dtype=np.float32)
+    keep = rng.uniform(0.9, 1.0, size=n_cells)
+    counts.data = rng.binomial(
+        counts.data.astype(np.int64), np.repeat(keep, np.diff(counts.indptr))
+    ).astype(np.float32)
+    counts.eliminate_zeros()
+    obs = pd.DataFrame(
+        {
+            "planted_identity": pd.Categorical(planted, categories=list(DEMO_LOT_COMPOSITION)),
+            "source_cell": ref.obs_names[picks].to_numpy(),
+        },
+        index=[f"demo_cell_{i:05d}" for i in range(n_cells)],
+    )
+    lot = AnnData(X=counts, obs=obs, var=ref.var[[]].copy())
+    lot.uns["sct_dataset"] = {
+        "name": "pbmc_demo_lot",
+        "kind": "generated from real data",
+        "source": ref.uns["sct_dataset"]["source"],
+        "licence": ref.uns["sct_dataset"]["licence"],
+        "generation": (
+            f"{n_cells} cells drawn with replacement by population at planted fractions "
+            f"{DEMO_LOT_COMPOSITION}, counts binomially thinned to 90-100%, seed {seed}"
+        ),
+    }
+    return lot

@@ -23,6 +23,10 @@ _GENE_SETS = {
 # Two modes of log genes per cell are "separated" when Ashman's D exceeds this (D > 2 is the
 # usual bimodality criterion for a two-Gaussian mixture).
 _ASHMAN_D_MIN = 2.0
+# ... and a low mode of broken or empty barcodes has a fraction of the genes of real cells: the
+# upper mode must hold at least twice as many. Tight clusters of one cell type (a resampled lot,
+# a reduced gene panel) can pass Ashman's D while differing by a few percent in genes.
+_MODE_RATIO_MIN = 2.0
 _CRITERIA = ("low_mode", "counts", "genes", "top20", "mt")
 # The human mitochondrial genome has 13 protein-coding genes; a percentage over fewer than this
 # many (a reduced gene panel) measures one or two genes' noise, not the cell's state.
@@ -139,7 +143,7 @@ def flag_low_quality(
     Lots with many near-empty or broken barcodes have a bimodal genes-per-cell distribution; the
     plain recipe then centres its median between the modes and misses the lower one. So, per
     sample, a two-component Gaussian mixture is fitted to log genes per cell; when the components
-    are separated (Ashman's D > 2) the lower mode is flagged (criterion ``low_mode``) and the MAD
+    are separated (Ashman's D > 2) and the upper mode has at least twice the genes, the lower mode is flagged (criterion ``low_mode``) and the MAD
     statistics are computed on the upper mode only.
 
     Parameters
@@ -275,7 +279,8 @@ def _upper_mode(log_genes: np.ndarray) -> tuple[np.ndarray, float | None]:
     sds = np.sqrt(gmm.covariances_.ravel())
     lo, hi = np.argsort(means)
     ashman_d = np.sqrt(2) * abs(means[hi] - means[lo]) / np.sqrt(sds[lo] ** 2 + sds[hi] ** 2)
-    if ashman_d <= _ASHMAN_D_MIN or gmm.weights_[lo] < 0.01:
+    ratio = np.exp(means[hi] - means[lo])
+    if ashman_d <= _ASHMAN_D_MIN or gmm.weights_[lo] < 0.01 or ratio < _MODE_RATIO_MIN:
         return everyone, None
     # Split where the upper component becomes the more probable one, between the two means.
     grid = np.linspace(means[lo], means[hi], 512).reshape(-1, 1)

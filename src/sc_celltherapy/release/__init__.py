@@ -1,5 +1,18 @@
-"""Release of a lot: the specification it is judged against."""
+"""Release of a lot: the spec it is judged against, the run that judges it, its report and audit."""
 
+from ._audit import AuditError, AuditLog, verify_audit
+from ._run import Release, ReleaseExistsError, compare_results, run
 from ._spec import IMPURITY_CLASSES, Spec, SpecError
 
-__all__ = ["Spec", "SpecError", "IMPURITY_CLASSES"]
+__all__ = [
+    "Spec",
+    "SpecError",
+    "IMPURITY_CLASSES",
+    "run",
+    "Release",
+    "ReleaseExistsError",
+    "compare_results",
+    "AuditLog",
+    "AuditError",
+    "verify_audit",
+]

@@ -79,28 +79,10 @@ def map_to_reference(
     check_lot(adata, layer=layer, batch_key=batch_key)
     bundle = load(reference)
     manifest = bundle.manifest
-    _check_species(adata, manifest)
     ref_genes = pd.Index(bundle.genes)
-    query_cols, overlap, missing = _match_genes(adata, manifest)
-    if overlap < min_gene_overlap:
-        msg = (
-            f"Only {overlap:.0%} of the reference's {ref_genes.size} genes are in the lot "
-            f"({int(round(overlap * ref_genes.size))} genes), below the {min_gene_overlap:.0%} "
-            f"needed to map onto {bundle.name!r}. Check the gene names (symbols vs Ensembl "
-            "ids) or use a reference built on this assay's genes."
-        )
-        raise InputError(msg)
-    if overlap < warn_gene_overlap:
-        markers = sorted(
-            {g for genes in manifest.get("label_markers", {}).values() for g in genes}
-            & set(missing)
-        )
-        msg = (
-            f"Only {overlap:.0%} of the reference's genes are in the lot; missing marker "
-            f"genes of reference labels: {markers[:30]}. Label calls that rest on them are "
-            "weakened."
-        )
-        warnings.warn(msg, MappingWarning, stacklevel=2)
+    query_cols, overlap, missing = check_genes(
+        adata, bundle, min_gene_overlap=min_gene_overlap, warn_gene_overlap=warn_gene_overlap
+    )
 
     query = _query_anndata(adata, layer, query_cols, ref_genes, manifest, batch_key, UNLABELED)
     new_batches = _new_batches(query, manifest)
@@ -152,6 +134,41 @@ def map_to_reference(
         }
     )
     logger.info("mapped %d cells; %d unassigned", adata.n_obs, int(unassigned.sum()))
+
+
+def check_genes(
+    adata: AnnData, bundle, *, min_gene_overlap: float = 0.5, warn_gene_overlap: float = 0.8
+) -> tuple[np.ndarray, float, list[str]]:
+    """Gene gating of a lot against a bundle, before any mapping work.
+
+    Refuses a species mismatch and an overlap below ``min_gene_overlap`` (with the numbers);
+    warns below ``warn_gene_overlap`` with the missing marker genes. Returns the lot's column
+    of each reference gene (-1 if absent), the overlap and the missing genes.
+    """
+    manifest = bundle.manifest
+    _check_species(adata, manifest)
+    n_ref = len(manifest["genes"])
+    query_cols, overlap, missing = _match_genes(adata, manifest)
+    if overlap < min_gene_overlap:
+        msg = (
+            f"Only {overlap:.0%} of the reference's {n_ref} genes are in the lot "
+            f"({int(round(overlap * n_ref))} genes), below the {min_gene_overlap:.0%} "
+            f"needed to map onto {bundle.name!r}. Check the gene names (symbols vs Ensembl "
+            "ids) or use a reference built on this assay's genes."
+        )
+        raise InputError(msg)
+    if overlap < warn_gene_overlap:
+        markers = sorted(
+            {g for genes in manifest.get("label_markers", {}).values() for g in genes}
+            & set(missing)
+        )
+        msg = (
+            f"Only {overlap:.0%} of the reference's genes are in the lot; missing marker "
+            f"genes of reference labels: {markers[:30]}. Label calls that rest on them are "
+            "weakened."
+        )
+        warnings.warn(msg, MappingWarning, stacklevel=3)
+    return query_cols, overlap, missing
 
 
 def _check_species(adata: AnnData, manifest: dict) -> None:

@@ -62,6 +62,8 @@ class PurityReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values (``None`` where there is no limit or verdict)."""
         frame = self.impurities.astype(object).where(self.impurities.notna(), None)
+        for col in ("n", "cells_needed"):  # counts stay integers whatever pandas made them
+            frame[col] = [None if v is None else int(v) for v in frame[col]]
         return plain(
             {
                 "n_cells": self.n_cells,

@@ -1,0 +1,141 @@
+"""Tamper-evident audit trail: append-only JSON lines, each chained to the one before.
+
+In the spirit of 21 CFR 11.10(e): every line records when (UTC), who (operator), what (action)
+and on what (sha256 of what was read and written). Each line carries ``prev``, the sha256 of the
+previous line's exact bytes, and ``hash``, the sha256 of its own content without that field, so
+an edited, removed or reordered line breaks the chain; a run's last line must be ``run
+finished`` or ``run failed``, so a log cut short is caught too. The chain proves integrity
+against edits, not against someone who rewrites the whole file: for that, record the last
+line's hash (printed at the end of every release) in the lab's own system.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._validate import InputError
+
+GENESIS = "0" * 64
+AUDIT_FILE = "audit.jsonl"
+FINAL_ACTIONS = ("run finished", "run failed")
+
+
+class AuditError(InputError):
+    """An audit log that fails verification."""
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+class AuditLog:
+    """Appends chained records to a JSON-lines file (created if missing, never rewritten)."""
+
+    def __init__(self, path: str | os.PathLike, *, operator: str, run_id: str) -> None:
+        self.path = Path(path)
+        self.operator = operator
+        self.run_id = run_id
+        self._prev, self._seq = GENESIS, 0
+        if self.path.exists():  # continue an existing chain (a lab-wide log)
+            lines = self.path.read_text().splitlines()
+            if lines:
+                self._prev, self._seq = _sha(lines[-1]), len(lines)
+
+    def append(
+        self,
+        action: str,
+        *,
+        read: Mapping[str, str] | None = None,
+        wrote: Mapping[str, str] | None = None,
+        **details: Any,
+    ) -> str:
+        """Write one record; returns its line hash (the ``prev`` of the next line)."""
+        record = {
+            "seq": self._seq,
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "run_id": self.run_id,
+            "operator": self.operator,
+            "action": action,
+            "read": dict(read or {}),
+            "wrote": dict(wrote or {}),
+            "details": details,
+            "prev": self._prev,
+        }
+        record["hash"] = _sha(_canonical(record))
+        line = _canonical(record)
+        with open(self.path, "a", encoding="ascii") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._prev, self._seq = _sha(line), self._seq + 1
+        return self._prev
+
+
+@dataclass(frozen=True)
+class AuditSummary:
+    """What a verified log holds."""
+
+    path: str
+    n_records: int
+    runs: list[str]
+    last_hash: str
+
+
+def verify_audit(path: str | os.PathLike) -> AuditSummary:
+    """Check every line of an audit log; raise :class:`AuditError` naming the first bad line.
+
+    Detects an edited line (its own hash no longer matches, or the next line's ``prev`` does
+    not), a removed or reordered line (``seq`` out of order, ``prev`` mismatch) and a log cut
+    short (a run whose last record is not ``run finished`` / ``run failed``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Audit log not found: {path}. Pass the audit.jsonl of a release directory."
+        raise AuditError(msg)
+    lines = path.read_text(encoding="ascii", errors="replace").splitlines()
+    if not lines:
+        raise AuditError(f"Audit log {path} is empty: records were removed.")
+    prev, runs, open_run = GENESIS, [], None
+    for i, line in enumerate(lines, start=1):
+        where = f"{path}, line {i}"
+        try:
+            record = json.loads(line)
+            claimed = record.pop("hash")
+        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+            raise AuditError(
+                f"{where} is not an audit record ({err}): the log was edited."
+            ) from err
+        if record.get("seq") != i - 1:
+            msg = f"{where} has seq {record.get('seq')}, expected {i - 1}: a line was removed, inserted or moved."
+            raise AuditError(msg)
+        if record.get("prev") != prev:
+            msg = f"{where} does not follow line {i - 1} (prev hash mismatch): a line before it was edited, removed or moved."
+            raise AuditError(msg)
+        if _sha(_canonical(record)) != claimed:
+            raise AuditError(f"{where} was edited after it was written (its hash does not match).")
+        action, run = record.get("action"), record.get("run_id")
+        if action == "run started":
+            if open_run is not None:
+                raise AuditError(f"{where} starts run {run} before run {open_run} ended.")
+            open_run = run
+            runs.append(run)
+        elif run != open_run:
+            raise AuditError(f"{where} belongs to run {run}, but the open run is {open_run}.")
+        if action in FINAL_ACTIONS:
+            open_run = None
+        prev = _sha(line)
+    if open_run is not None:
+        msg = f"{path} ends inside run {open_run} (no 'run finished' or 'run failed'): records were removed from its end."
+        raise AuditError(msg)
+    return AuditSummary(str(path), len(lines), runs, prev)

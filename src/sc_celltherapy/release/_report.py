@@ -1,0 +1,178 @@
+"""The release report: one self-contained HTML file (figures inlined, no script, no network).
+
+Order, as a reviewer reads it: the verdict table first, then QC with its thresholds, the lot on
+the UMAP by identity class, the composition against the spec's limits, the limit-of-detection
+statement, warnings and notes, and the provenance of every input.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from typing import Any
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #212121; line-height: 1.4; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.8em;
+     border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.name, th.name { text-align: left; }
+.PASS { background: #e8f5e9; color: #1b5e20; font-weight: 600; }
+.FAIL { background: #ffebee; color: #b71c1c; font-weight: 600; }
+.INCONCLUSIVE { background: #fff8e1; color: #8d6e00; font-weight: 600; }
+.verdict { font-size: 1.3em; padding: 0.3em 0.8em; display: inline-block; border-radius: 4px; }
+.example { background: #fff3e0; border: 1px solid #ffb74d; padding: 0.5em 0.8em; }
+img { max-width: 100%; border: 1px solid #eee; }
+code, .mono { font-family: ui-monospace, monospace; font-size: 0.88em; word-break: break-all; }
+"""
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _kv_table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(
+        f'<tr><th class="name">{escape(str(k))}</th><td class="name mono">{escape(str(v))}</td></tr>'
+        for k, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
+def verdict_table(results: dict) -> str:
+    """The criteria with their fractions, intervals, limits and verdicts (id ``verdict-table``)."""
+    head = (
+        "<tr><th class='name'>criterion</th><th>cells</th><th>fraction</th><th>95% interval</th>"
+        "<th>spec limit</th><th>verdict</th><th>cells needed to decide</th></tr>"
+    )
+    rows = []
+    for c in results["criteria"]:
+        is_min = c["criterion"] == "target"
+        limit = ("≥ " if is_min else "≤ ") + _pct(c["limit"])
+        needed = "" if c["cells_needed"] is None else f"{c['cells_needed']:,}"
+        denom = " (of all barcodes)" if c.get("denominator") == "barcodes" else ""
+        rows.append(
+            f"<tr><td class='name'>{escape(c['criterion'])}{denom}</td><td>{c['n']:,}</td>"
+            f"<td>{_pct(c['fraction'])}</td><td>{_pct(c['ci_low'])} – {_pct(c['ci_high'])}</td>"
+            f"<td>{limit}</td><td class='{c['verdict']}'>{c['verdict']}</td><td>{needed}</td></tr>"
+        )
+    return f"<table id='verdict-table'>{head}{''.join(rows)}</table>"
+
+
+def _unlimited_table(results: dict) -> str:
+    """Impurity classes the spec does not limit: reported, not judged."""
+    rows = []
+    for name, row in results["purity"]["impurities"].items():
+        if row["limit"] is None:
+            rows.append(
+                f"<tr><td class='name'>{escape(name)}</td><td>{row['n']:,}</td>"
+                f"<td>{_pct(row['fraction'])}</td>"
+                f"<td>{_pct(row['ci_low'])} – {_pct(row['ci_high'])}</td></tr>"
+            )
+    if not rows:
+        return ""
+    head = (
+        "<tr><th class='name'>class</th><th>cells</th><th>fraction</th><th>95% interval</th></tr>"
+    )
+    return f"<p>Reported without a spec limit:</p><table>{head}{''.join(rows)}</table>"
+
+
+def render_report(results: dict, figures: dict[str, bytes]) -> str:
+    """The HTML text of the report for ``results`` (results.json) and PNG ``figures``."""
+    run = results.get("run", {})
+    purity = results["purity"]
+    spec = results["spec"]
+    verdict = results["verdict"]
+    example = (
+        "<p class='example'><b>Example specification.</b> The limits below come from the "
+        "example spec shipped with the product profile; they are not a regulatory limit. A "
+        "release specification is always the user's.</p>"
+        if spec["example"]
+        else ""
+    )
+    transgene = purity.get("transgene")
+    transgene_html = ""
+    if transgene:
+        transgene_html = (
+            f"<p>Transgene ({escape(', '.join(transgene.get('features', [])))}): "
+            f"{transgene.get('n', 0):,} cells, {_pct(transgene.get('fraction'))} "
+            f"[{_pct(transgene.get('ci_low'))} – {_pct(transgene.get('ci_high'))}], a "
+            f"<b>lower bound</b>: {escape(str(transgene.get('reason', '')))}</p>"
+        )
+    qc = results["qc"]
+    qc_rows = [("barcodes called cells", f"{qc['n_barcodes']:,}")]
+    qc_rows += [(f"excluded: {k}", f"{v:,}") for k, v in qc["excluded"].items()]
+    qc_rows += [("cells assessed", f"{qc['n_assessed']:,}")]
+    notes = results.get("warnings", []) + purity.get("notes", [])
+    notes_html = "".join(f"<li>{escape(n)}</li>" for n in notes) or "<li>none</li>"
+    mapping = results["mapping"]
+    ref = results["reference"]
+    inputs = results["inputs"]
+    provenance = [
+        ("lot id", results["lot_id"]),
+        ("product", results["product"]),
+        ("input file", inputs["file"]),
+        ("input sha256", inputs["sha256"]),
+        ("reference", f"{ref['name']} v{ref['version']}"),
+        ("reference sha256", ref["sha256"]),
+        ("reference calibration error (held out)", ref.get("calibration_ece")),
+        ("gene overlap with the reference", _pct(mapping["gene_overlap"])),
+        ("cells out of the reference (unassigned)", mapping["n_unassigned"]),
+        ("spec", spec["source"]),
+        ("spec sha256", spec["sha256"]),
+        ("identity method", results.get("identity_method", "")),
+        ("seed", results["seed"]),
+        *[(f"version: {k}", v) for k, v in results["versions"].items()],
+        ("run id", run.get("run_id", "")),
+        ("operator", run.get("operator", "")),
+        ("started (UTC)", run.get("started_utc", "")),
+        ("finished (UTC)", run.get("finished_utc", "")),
+        ("hardware", json.dumps(run.get("hardware", {}))),
+        ("step timings (s)", json.dumps(run.get("timings_s", {}))),
+    ]
+    sections = [
+        f"<h1>Lot release report: {escape(results['lot_id'])}</h1>",
+        f"<p>Product <b>{escape(results['product'])}</b>. Overall verdict: "
+        f"<span id='overall-verdict' class='verdict {verdict}'>{verdict}</span></p>",
+        example,
+        "<h2>Verdicts</h2>",
+        verdict_table(results),
+        "<p>PASS: the whole 95% interval meets the limit; FAIL: the whole interval violates it; "
+        "INCONCLUSIVE: the interval straddles the limit (more cells needed, as shown).</p>",
+        _unlimited_table(results),
+        transgene_html,
+        "<h2>Quality control</h2>",
+        _kv_table(qc_rows),
+        _img(figures["qc"], "QC metric distributions with thresholds") if "qc" in figures else "",
+        "<h2>Identity</h2>",
+        _img(figures["identity"], "identity score and class on the UMAP")
+        if "identity" in figures
+        else "",
+        "<h2>Composition against the spec</h2>",
+        _img(figures["composition"], "fractions with 95% intervals and spec limits")
+        if "composition" in figures
+        else "",
+        "<h2>Limit of detection</h2>",
+        f"<p id='lod-statement'>{escape(results['detection']['statement'])}</p>",
+        "<h2>Warnings and notes</h2>",
+        f"<ul>{notes_html}</ul>",
+        "<h2>Provenance</h2>",
+        _kv_table(provenance),
+    ]
+    body = "\n".join(s for s in sections if s)
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        # no external resource of any kind may load, whatever the HTML contains
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
+        "img-src data:; style-src 'unsafe-inline'\">"
+        f"<title>Release {escape(results['lot_id'])}: {verdict}</title>"
+        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )

@@ -1,0 +1,171 @@
+"""Every bad input is refused with exit 2, a message naming the problem, and nothing written."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sc_celltherapy.cli import main
+
+
+@pytest.fixture
+def release(small_lot, demo_bundle, demo_spec, tmp_path, capsys):
+    """Run `release` on (by default) the valid small lot and spec; returns exit code, stderr,
+    out dir."""
+
+    def _run(
+        input=None, *, extra=(), spec=demo_spec, product="car_t_demo", reference=None, out=None
+    ):
+        out = out if out is not None else tmp_path / "release"
+        args = ["release", str(input if input is not None else small_lot[0])]
+        args += ["--spec", str(spec)] if spec is not None else []
+        args += ["--product", product] if product is not None else []
+        args += ["--reference", str(reference or demo_bundle.path)]
+        args += ["--lot-id", "BAD-1", "--operator", "tester", "--out", str(out), *extra]
+        capsys.readouterr()
+        code = main(args)
+        return code, capsys.readouterr().err, out
+
+    return _run
+
+
+def _write(tmp_path, adata, name="lot.h5ad"):
+    path = tmp_path / name
+    adata.write_h5ad(path)
+    return path
+
+
+def _expect_refusal(result, fragment):
+    code, err, out = result
+    assert code == 2, err
+    assert fragment.lower() in err.lower(), err
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*")), "a partial directory was left"
+
+
+def test_missing_file(release, tmp_path):
+    _expect_refusal(release(tmp_path / "nope.h5ad"), "Input not found")
+
+
+@pytest.mark.parametrize("kind", ["h5", "h5ad"])
+def test_truncated_file(release, tmp_path, cart_product_path, small_lot, kind):
+    source = cart_product_path if kind == "h5" else small_lot[0]
+    data = source.read_bytes()
+    path = tmp_path / f"truncated.{kind}"
+    path.write_bytes(data[: len(data) // 2])
+    _expect_refusal(release(path), "truncated or corrupt")
+
+
+def test_empty_matrix(release, tmp_path, small_lot):
+    _expect_refusal(release(_write(tmp_path, small_lot[1][:0].copy())), "matrix is empty")
+
+
+def test_log_normalised_values(release, tmp_path, small_lot):
+    lot = small_lot[1].copy()
+    lot.X = sp.csr_matrix(np.log1p(lot.X.toarray() / lot.X.sum(1).A * 1e4))
+    _expect_refusal(release(_write(tmp_path, lot)), "raw counts")
+
+
+def test_mouse_genes_against_human_reference(release, tmp_path, small_lot):
+    lot = small_lot[1].copy()
+    lot.var_names = [g[:1] + g[1:].lower() for g in lot.var_names]
+    _expect_refusal(release(_write(tmp_path, lot)), "species mismatch")
+
+
+def test_gene_overlap_below_threshold(release, tmp_path, small_lot):
+    lot = small_lot[1][:, :200].copy()  # 200 of the reference's 765 genes
+    _expect_refusal(release(_write(tmp_path, lot)), "below the 50% needed")
+
+
+def test_spec_with_unknown_identity(release, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "product: car_t_demo\ntarget: [T cells]\nmin_target_fraction: 0.8\n"
+        "max_identity_fraction:\n  Martian cells: 0.01\n"
+    )
+    _expect_refusal(release(spec=spec, product=None), "['Martian cells']")
+
+
+def test_unknown_product(release):
+    _expect_refusal(release(product="car_t_deluxe"), "Unknown product 'car_t_deluxe'")
+
+
+def test_tampered_bundle(release, demo_bundle, tmp_path):
+    tampered = tmp_path / "tampered_bundle"
+    shutil.copytree(demo_bundle.path, tampered)
+    latent = next(p for p in tampered.rglob("*") if p.is_file() and p.name != "bundle.json")
+    latent.write_bytes(latent.read_bytes() + b"\0")
+    _expect_refusal(release(reference=tampered), latent.name)
+
+
+def test_output_directory_exists(release, tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier release")
+    code, err, _ = release(out=out)
+    assert code == 2 and "never overwritten" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "earlier release"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only_fs"])
+def test_unwritable_output_location(release, tmp_path, where):
+    if where == "under_a_file":
+        blocker = tmp_path / "a_file"
+        blocker.write_text("x")
+        out = blocker / "release"
+        fragment = "not an existing directory"
+    else:  # /proc refuses new directories even to root, unlike permission bits
+        out = __import__("pathlib").Path("/proc/sct_release_test")
+        fragment = "Cannot write in /proc"
+    _expect_refusal(release(out=out), fragment)
+
+
+def test_zero_cells_after_qc(release, tmp_path, small_lot):
+    lot = small_lot[1].copy()
+    rng = np.random.default_rng(0)
+    X = lot.X.tocsr()
+    X.data = rng.binomial(X.data.astype(np.int64), 0.15).astype(np.float32)  # < 200 genes each
+    X.eliminate_zeros()
+    lot.X = X
+    _expect_refusal(release(_write(tmp_path, lot)), "QC would remove all")
+
+
+def test_duplicate_barcodes(release, tmp_path, small_lot):
+    lot = small_lot[1].copy()
+    lot.obs_names = ["same_barcode"] * 2 + list(lot.obs_names[2:])
+    _expect_refusal(release(_write(tmp_path, lot)), "occur more than once")
+
+
+@pytest.mark.parametrize("value", [np.nan, -1.0])
+def test_nan_or_negative_values(release, tmp_path, small_lot, value):
+    lot = small_lot[1].copy()
+    X = lot.X.toarray()
+    X[0, np.flatnonzero(X[0])[0]] = value
+    lot.X = sp.csr_matrix(X)
+    fragment = "NaN" if np.isnan(value) else "negative"
+    _expect_refusal(release(_write(tmp_path, lot)), fragment)
+
+
+def test_malformed_spec_yaml(release, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("product: car_t_demo\ntarget: [T cells\nmin_target_fraction: 0.8\n")
+    _expect_refusal(release(spec=spec, product=None), "not valid YAML")
+
+
+def test_spec_limit_outside_unit_interval(release, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("product: car_t_demo\ntarget: [T cells]\nmin_target_fraction: 80\n")
+    _expect_refusal(release(spec=spec, product=None), "not a fraction in [0, 1]")
+
+
+def test_neither_spec_nor_product(release):
+    _expect_refusal(release(spec=None, product=None), "--product")
+
+
+def test_spec_transgene_missing_from_lot(release):
+    # the example spec names the CAR feature CAT_scFv, which the PBMC lot does not have
+    _expect_refusal(release(spec=None), "CAT_scFv")

@@ -1,0 +1,189 @@
+"""The release command on the real CAR-T product: outputs, determinism, audit trail, atomicity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import anndata as ad
+import pytest
+
+import sc_celltherapy as sct
+from sc_celltherapy.cli import main
+from sc_celltherapy.release import compare_results, verify_audit
+from sc_celltherapy.release._run import PER_RUN_KEY, RESULTS_SCHEMA
+
+
+def _release(args, out, *, capsys=None) -> int:
+    return main(["release", *map(str, args), "--out", str(out)])
+
+
+@pytest.fixture(scope="module")
+def cart_releases(cart_product_path, demo_bundle, tmp_path_factory):
+    """The CAR-T product released twice with the same inputs and seed."""
+    base = tmp_path_factory.mktemp("cart")
+    outs = []
+    for i in (1, 2):
+        out = base / f"release{i}"
+        code = _release(
+            [
+                cart_product_path,
+                "--product",
+                "car_t_demo",
+                "--reference",
+                demo_bundle.path,
+                "--lot-id",
+                "P02-M0",
+                "--operator",
+                "tester",
+                "--seed",
+                "0",
+            ],
+            out,
+        )
+        assert code == 0
+        outs.append(out)
+    return outs
+
+
+def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
+    out = cart_releases[0]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "audit.jsonl",
+        "lot.h5ad",
+        "report.html",
+        "results.json",
+    ]
+    r = json.loads((out / "results.json").read_text())
+    assert r["schema"] == RESULTS_SCHEMA and r["lot_id"] == "P02-M0"
+    assert r["inputs"]["sha256"] == sct.io.file_sha256(cart_product_path)
+    assert r["inputs"]["n_barcodes"] == 1099
+    assert r["reference"]["sha256"] == demo_bundle.sha256
+    assert r["verdict"] in {"PASS", "FAIL", "INCONCLUSIVE"}
+    # every judged criterion carries its interval, limit and verdict
+    target = r["criteria"][0]
+    assert target["criterion"] == "target" and target["limit"] == 0.8
+    assert target["ci_low"] <= target["fraction"] <= target["ci_high"]
+    assert r["detection"]["lod95"] == pytest.approx(1 - 0.05 ** (1 / r["qc"]["n_assessed"]))
+    # the CAR transgene is reported, as a lower bound
+    assert r["purity"]["transgene"]["features"] == ["CAT_scFv"]
+    assert r["purity"]["transgene"]["lower_bound"] is True
+    run = r[PER_RUN_KEY]
+    assert set(run["timings_s"]) >= {"read", "qc", "map", "identity", "purity", "report"}
+    assert run["operator"] == "tester" and "cpu_count" in run["hardware"]
+    lot = ad.read_h5ad(out / "lot.h5ad")
+    assert lot.n_obs == r["qc"]["n_assessed"]
+    assert (lot.obs["sct_identity_class"] == "target").sum() == target["n"]
+    # the audit trail names what was read and written, by hash
+    summary = verify_audit(out / "audit.jsonl")
+    records = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert summary.n_records == len(records) and records[0]["action"] == "run started"
+    assert records[-1]["action"] == "run finished"
+    assert records[0]["read"][f"input:{cart_product_path.name}"] == r["inputs"]["sha256"]
+    written = next(x for x in records if x["action"] == "outputs written")["wrote"]
+    assert written["results.json"] == sct.io.file_sha256(out / "results.json")
+    assert written["report.html"] == sct.io.file_sha256(out / "report.html")
+    assert {x["operator"] for x in records} == {"tester"}
+
+
+def test_release_is_deterministic(cart_releases):
+    first, second = (json.loads((o / "results.json").read_text()) for o in cart_releases)
+    assert first[PER_RUN_KEY]["run_id"] != second[PER_RUN_KEY]["run_id"]
+    assert compare_results(first, second) == {"agrees": True, "differences": []}
+    strip = lambda r: {k: v for k, v in r.items() if k != PER_RUN_KEY}  # noqa: E731
+    assert json.dumps(strip(first), sort_keys=True) == json.dumps(strip(second), sort_keys=True)
+
+
+def test_compare_results_names_a_difference(cart_releases):
+    first = json.loads((cart_releases[0] / "results.json").read_text())
+    changed = json.loads(json.dumps(first))
+    changed["criteria"][0]["fraction"] += 1e-9
+    assert compare_results(first, changed) == {"agrees": False, "differences": ["criteria"]}
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete_middle", "delete_last", "reorder", "insert"])
+def test_audit_verify_detects_tampering(cart_releases, tmp_path, capsys, tamper):
+    log = tmp_path / "audit.jsonl"
+    shutil.copy(cart_releases[0] / "audit.jsonl", log)
+    assert main(["audit", "verify", str(log)]) == 0
+    lines = log.read_text().splitlines()
+    if tamper == "edit":
+        lines[2] = lines[2].replace('"operator":"tester"', '"operator":"someone else"')
+        assert '"someone else"' in lines[2]
+    elif tamper == "delete_middle":
+        del lines[3]
+    elif tamper == "delete_last":
+        del lines[-1]
+    elif tamper == "reorder":
+        lines[2], lines[3] = lines[3], lines[2]
+    else:
+        lines.insert(2, lines[2])
+    log.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["audit", "verify", str(log)]) == 2
+    err = capsys.readouterr().err
+    expected = {
+        "edit": "was edited",
+        "delete_middle": "expected 3",
+        "delete_last": "ends inside run",
+        "reorder": "expected 2",
+        "insert": "expected 3",
+    }[tamper]
+    assert expected in err
+
+
+def test_verify_rerun_states_agreement(small_lot, demo_bundle, demo_spec, tmp_path, capsys):
+    path, _ = small_lot
+    out = tmp_path / "rerun"
+    args = [path, "--spec", demo_spec, "--reference", demo_bundle.path]
+    args += ["--lot-id", "S1", "--operator", "tester", "--verify-rerun"]
+    assert _release(args, out) == 0
+    assert "verify-rerun: results agree" in capsys.readouterr().out
+    r = json.loads((out / "results.json").read_text())
+    assert r[PER_RUN_KEY]["rerun"] == {"agrees": True, "differences": []}
+    actions = [json.loads(x)["action"] for x in (out / "audit.jsonl").read_text().splitlines()]
+    assert actions.count("rerun started") == 1 and "rerun compared" in actions
+    verify_audit(out / "audit.jsonl")
+
+
+def test_release_that_fails_midway_leaves_nothing(
+    small_lot, demo_bundle, demo_spec, tmp_path, monkeypatch, capsys
+):
+    """A step that raises: exit 1, no release directory, no partial directory; the lab-wide
+    audit log keeps the failed run, and its chain still verifies."""
+    path, _ = small_lot
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash in the purity step")
+
+    monkeypatch.setattr(sct.tl, "assess_purity", broken)
+    parent = tmp_path / "releases"
+    parent.mkdir()
+    lab_log = tmp_path / "lab_audit.jsonl"
+    args = [path, "--spec", demo_spec, "--reference", demo_bundle.path]
+    args += ["--lot-id", "S1", "--operator", "tester", "--audit-log", lab_log]
+    assert _release(args, parent / "lot1") == 1
+    assert "simulated crash" in capsys.readouterr().err
+    assert list(parent.iterdir()) == []
+    records = [json.loads(x) for x in lab_log.read_text().splitlines()]
+    assert records[0]["action"] == "run started" and records[-1]["action"] == "run failed"
+    assert "simulated crash" in records[-1]["details"]["error"]
+    assert verify_audit(lab_log).runs == [records[0]["run_id"]]
+
+
+def test_demo_release(demo_release):
+    """The README's first command: a full release of a lot with planted contaminants."""
+    out, proc, r = demo_release
+    assert "verdict" in proc.stdout and (out / "report.html").stat().st_size > 0
+    verify_audit(out / "audit.jsonl")
+    lot = ad.read_h5ad(out / "lot.h5ad")
+    # B cells were planted at 2.5% against the example spec's 1% limit: the release must see
+    # them at about that fraction and fail the lot on that criterion
+    planted = (lot.obs["planted_identity"] == "CD19+ B").mean()
+    b = next(c for c in r["criteria"] if c["criterion"] == "identity:B-lineage cells")
+    assert abs(b["fraction"] - planted) < 0.01
+    assert b["verdict"] == "FAIL" and r["verdict"] == "FAIL"
+    target = r["criteria"][0]
+    planted_t = (lot.obs["planted_identity"] == "T cells").mean()
+    assert abs(target["fraction"] - planted_t) < 0.05
+    assert r["spec"]["example"] is True
