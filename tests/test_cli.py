@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from sc_celltherapy.cli import main
@@ -10,6 +13,37 @@ from sc_celltherapy.cli import main
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     assert "demo" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo"],
+        ["release"],
+        ["qc"],
+        ["cluster"],
+        ["map"],
+        ["score"],
+        ["audit", "verify"],
+        ["atlas", "build"],
+        ["atlas", "verify"],
+        ["atlas", "list"],
+        ["atlas", "fetch"],
+    ],
+)
+def test_every_subcommand_has_help(command, capsys):
+    assert main([*command, "--help"]) == 0
+    assert "usage: sc-celltherapy " + " ".join(command) in capsys.readouterr().out
+
+
+def test_python_m_entry_point():
+    proc = subprocess.run(
+        [sys.executable, "-m", "sc_celltherapy", "release", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "--verify-rerun" in proc.stdout
 
 
 def test_qc_command_bad_input_exits_2(tmp_path, capsys):
@@ -56,6 +90,21 @@ def test_atlas_verify_and_map_commands(demo_bundle, tmp_path, capsys):
     mapped = ad.read_h5ad(out)
     assert mapped.obs["sct_ref_prob"].between(0, 1).all()
     assert mapped.uns["sct_ref"]["sha256"] == demo_bundle.sha256
+
+    # score: identity + purity of the mapped lot against the profile's example spec
+    scored, report = tmp_path / "scored.h5ad", tmp_path / "purity.json"
+    args = ["score", str(out), "--product", "car_t_demo", "--out", str(scored)]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("product: car_t_demo\ntarget: [T cells]\nmin_target_fraction: 0.5\n")
+    assert main([*args, "--spec", str(spec), "--report-json", str(report)]) == 0
+    assert "Verdict" in capsys.readouterr().out
+    lot_scored = ad.read_h5ad(scored)
+    n_target = int((lot_scored.obs["sct_identity_class"] == "target").sum())
+    import json
+
+    assert json.loads(report.read_text())["target"]["n"] == n_target
+    # the first 150 reference cells are mostly not T cells: the 50% minimum fails
+    assert lot_scored.uns["sct_purity"]["verdict"] == "FAIL"
 
     tampered = tmp_path / "tampered"
     shutil.copytree(demo_bundle.path, tampered)

@@ -181,7 +181,13 @@ def run(
         results[PER_RUN_KEY] = _run_record(
             run_id, operator, started, inputs, results.pop("_timings"), rerun
         )
+        say(f"[{len(STEPS)}/{len(STEPS)}] write results.json, lot.h5ad, report.html")
+        start = time.perf_counter()
         written = _write_outputs(tmp, results, adata, figures)
+        results[PER_RUN_KEY]["timings_s"]["write"] = round(time.perf_counter() - start, 3)
+        # results.json is rewritten with the write time; its hash is taken after
+        (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        written[RESULTS_FILE] = _file_sha256(tmp / RESULTS_FILE)
         audit("outputs written", wrote=written)
         audit("run finished", verdict=results["verdict"], results_sha256=written[RESULTS_FILE])
         _rename_into_place(tmp, inputs.out_dir)
@@ -389,14 +395,14 @@ def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
         n_unassigned=ref["n_unassigned"],
     )
     with step(4, "identity", "identity score and class of each cell"):
-        target = None if inputs.profile is not None else list(inputs.spec.target)
-        tl.identity_score(adata, target=target, profile=inputs.profile)
+        tl.identity_score(adata, target=list(inputs.spec.target), profile=inputs.profile)
     audit("identity", classes=_counts(adata.obs["sct_identity_class"]))
     with step(5, "purity", "purity against the spec"):
         report = tl.assess_purity(adata, inputs.spec)
     audit("purity", verdict=report.verdict, spec_sha256=spec_digest(inputs.spec))
     with step(6, "cluster", "clusters and UMAP on the reference latent space"):
-        tl.cluster(adata, use_rep="X_sct_ref", random_state=seed)
+        # the report needs the UMAP; marker genes (the slow part) are left to `cluster`
+        tl.cluster(adata, use_rep="X_sct_ref", random_state=seed, markers=False)
     results = _results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap)
     with step(7, "report", "figures and report"):
         figures = {
@@ -621,6 +627,12 @@ def _rename_into_place(tmp: Path, out_dir: Path) -> None:
         msg = f"Release directory {out_dir} appeared during the run; this run's outputs are discarded."
         raise ReleaseExistsError(msg)
     os.rename(tmp, out_dir)
+
+
+def _file_sha256(path: Path) -> str:
+    from ..io import file_sha256
+
+    return file_sha256(path)
 
 
 def _now() -> str:

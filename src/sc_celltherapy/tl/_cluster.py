@@ -11,6 +11,13 @@ from .._utils import uns_safe
 from .._validate import InputError, check_lot, get_matrix
 
 LOGNORM_LAYER = "sct_lognorm"
+# Exact kNN (scikit-learn) up to this many cells: on 20,000 cells and 2 CPU cores it takes 13 s
+# where pynndescent (scanpy's choice above 4,096 cells) takes 32 s, and nothing is approximate.
+EXACT_KNN_MAX_CELLS = 50_000
+
+
+def _knn_transformer(n_obs: int) -> str | None:
+    return "sklearn" if n_obs <= EXACT_KNN_MAX_CELLS else None
 
 
 def cluster(
@@ -24,6 +31,7 @@ def cluster(
     layer: str | None = None,
     batch_key: str | None = None,
     random_state: int = 0,
+    markers: bool = True,
     key_added: str = "sct_cluster",
 ) -> None:
     """Cluster a lot and find marker genes per cluster.
@@ -54,6 +62,9 @@ def cluster(
         Column of ``.obs`` with samples; HVGs are then chosen per sample (scanpy's ``batch_key``).
     random_state
         Seed for PCA, Leiden and UMAP.
+    markers
+        Whether to rank marker genes per cluster (Wilcoxon over every gene: about 20 s on
+        20,000 cells and 2 CPU cores).
     key_added
         Name of the result keys.
 
@@ -112,6 +123,7 @@ def cluster(
             use_rep=rep,
             n_pcs=n_rep,
             random_state=random_state,
+            transformer=_knn_transformer(adata.n_obs),
         )
         sc.tl.leiden(
             adata,
@@ -124,7 +136,7 @@ def cluster(
         )
         sc.tl.umap(adata, random_state=random_state)
     markers_key = f"{key_added}_markers"
-    if adata.obs[key_added].nunique() > 1:
+    if markers and adata.obs[key_added].nunique() > 1:
         with timed("marker genes"):
             sc.tl.rank_genes_groups(
                 adata,
@@ -149,6 +161,7 @@ def cluster(
             "hvg_loess_span": hvg["span"],
             "leiden_flavor": "igraph",
             "n_clusters": int(adata.obs[key_added].nunique()),
-            "markers_key": markers_key,
+            "markers_key": markers_key if markers else None,
+            "knn": _knn_transformer(adata.n_obs) or "pynndescent",
         }
     )

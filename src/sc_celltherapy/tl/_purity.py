@@ -85,9 +85,9 @@ class PurityReport:
 
     def to_frame(self) -> pd.DataFrame:
         """Target and impurity rows in one table, as a report prints them."""
-        target = pd.DataFrame([self.target.__dict__], index=[TARGET])
-        target["denominator"] = "assessed"
-        return pd.concat([target, self.impurities])
+        rows = {TARGET: {**self.target.__dict__, "denominator": "assessed"}}
+        rows |= self.impurities.astype(object).to_dict(orient="index")
+        return pd.DataFrame.from_dict(rows, orient="index")[[*IMPURITY_COLUMNS, "denominator"]]
 
     @classmethod
     def from_dict(cls, d: dict) -> PurityReport:

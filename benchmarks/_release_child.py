@@ -1,0 +1,100 @@
+"""One measured run in a fresh process: the sc_celltherapy release, or the peer's plain chain.
+
+Usage: ``python -m _release_child {sct,peer} LOT.h5[ad] BUNDLE_DIR OUT_DIR SEED``; prints one
+JSON line (per-step seconds, total, peak memory) last.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from _common import peak_rss_mb
+
+
+def run_sct(lot: Path, bundle: Path, out: Path, seed: int) -> dict:
+    import sc_celltherapy as sct
+
+    start = time.perf_counter()
+    release = sct.release.run(
+        lot,
+        out_dir=out,
+        lot_id=lot.stem,
+        operator="benchmark",
+        product="car_t_demo",
+        reference=bundle,
+        seed=seed,
+    )
+    total = time.perf_counter() - start
+    run = release.results["run"]
+    return {
+        "steps_s": run["timings_s"],
+        "total_s": total,
+        "n_cells_assessed": release.results["qc"]["n_assessed"],
+        "verdict": release.verdict,
+    }
+
+
+def run_peer(lot: Path, bundle: Path, out: Path, seed: int) -> dict:
+    """What a scanpy + scvi-tools user writes for the same chain, without the assay around it:
+    scanpy QC (qc metrics, a 200-gene floor, scrublet), scArches surgery on the same reference
+    model with the same epochs, predictions, and the annotated lot written to disk."""
+    import anndata as ad
+    import numpy as np
+    import scanpy as sc
+    import scvi
+
+    from sc_celltherapy.atlas._model import surgery_epochs
+
+    steps = {}
+    t = time.perf_counter()
+    adata = sc.read_10x_h5(lot, gex_only=False) if lot.suffix == ".h5" else ad.read_h5ad(lot)
+    adata.var_names_make_unique()
+    steps["read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    adata.var["mt"] = adata.var_names.str.startswith("MT-")
+    sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], inplace=True, percent_top=None)
+    sc.pp.filter_cells(adata, min_genes=200)
+    adata = adata[adata.obs["pct_counts_mt"] < 20].copy()
+    sc.pp.scrublet(adata, random_state=seed)
+    adata = adata[~adata.obs["predicted_doublet"]].copy()
+    steps["qc"] = time.perf_counter() - t
+    t = time.perf_counter()
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    genes = manifest["genes"]
+    query = adata[:, adata.var_names.intersection(genes)].copy()
+    query.obs[manifest["labels_key"]] = "Unknown"
+    if manifest.get("batch_key"):
+        query.obs[manifest["batch_key"]] = "query_lot"
+    model_dir = bundle / "model"
+    scvi.model.SCANVI.prepare_query_anndata(query, str(model_dir))
+    scvi.settings.seed = seed
+    model = scvi.model.SCANVI.load_query_data(query, str(model_dir), accelerator="cpu")
+    model.train(
+        max_epochs=surgery_epochs(query.n_obs),
+        plan_kwargs={"weight_decay": 0.0},
+        accelerator="cpu",
+        enable_progress_bar=False,
+    )
+    adata.obsm["X_scanvi"] = model.get_latent_representation()
+    probs = model.predict(soft=True)
+    adata.obs["label"] = probs.idxmax(axis=1).to_numpy()
+    adata.obs["prob"] = np.asarray(probs.max(axis=1))
+    steps["map"] = time.perf_counter() - t
+    t = time.perf_counter()
+    adata.write_h5ad(out / "lot.h5ad")
+    steps["write"] = time.perf_counter() - t
+    return {"steps_s": steps, "total_s": sum(steps.values()), "n_cells_assessed": adata.n_obs}
+
+
+if __name__ == "__main__":
+    which, lot, bundle, out, seed = sys.argv[1:6]
+    out = Path(out)
+    if which == "peer":
+        out.mkdir(parents=True)
+    fn = run_sct if which == "sct" else run_peer
+    result = fn(Path(lot), Path(bundle), out, int(seed))
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))

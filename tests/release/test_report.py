@@ -1,0 +1,66 @@
+"""The report renders in headless Chromium, shows the verdict table, and requests nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        msg = "Debian's chromium is not installed (apt-get install chromium; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        # the flags keep Chromium's own background traffic off this closed network
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def test_report_renders_offline_with_verdict_table(browser, demo_release, tmp_path):
+    out, _, results = demo_release
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    requests = []
+    page.on("request", lambda req: requests.append(req.url))
+    url = (out / "report.html").as_uri()
+    page.goto(url, wait_until="load")
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 50_000  # a rendered page with figures, not a blank one
+
+    table = page.locator("#verdict-table")
+    assert table.is_visible()
+    rows = table.locator("tr")
+    assert rows.count() == len(results["criteria"]) + 1
+    first = rows.nth(1).inner_text()
+    assert first.startswith("target") and results["criteria"][0]["verdict"] in first
+    assert page.locator("#overall-verdict").inner_text() == results["verdict"]
+    # verdict table comes before any figure
+    order = page.evaluate(
+        "() => [...document.querySelectorAll('#verdict-table, img')].map(e => e.tagName)"
+    )
+    assert order[0] == "TABLE" and order.count("IMG") == 3
+    # every image decoded from the page itself
+    widths = page.evaluate("() => [...document.images].map(i => i.naturalWidth)")
+    assert all(w > 100 for w in widths)
+    # the page made no request beyond its own file (images are inline data)
+    assert [u for u in requests if not u.startswith("data:")] == [url]
+    page.close()
