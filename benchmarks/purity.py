@@ -46,16 +46,14 @@ UNSORTED = (
 def pools():
     import anndata as ad
 
+    from sc_celltherapy.validation import select_by_markers
+
     base = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
     base.obs = base.obs[[]]
     spikes = []
     for name in UNSORTED:
         cells = ad.read_h5ad(shared_data() / name)
-        detected = {
-            g: np.asarray((cells[:, g].X > 0).sum(axis=1)).ravel() > 0
-            for g in ("LYZ", "CD14", "CD3E")
-        }
-        rule = detected["LYZ"] & detected["CD14"] & ~detected["CD3E"]
+        rule = select_by_markers(cells, positive=("LYZ", "CD14"), negative=("CD3E",))
         spikes.append(cells[rule].copy())
         spikes[-1].obs = spikes[-1].obs[[]]
     spike = ad.concat(spikes, index_unique="-")

@@ -100,6 +100,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     rel.set_defaults(func=_cmd_release)
 
+    cmp_ = sub.add_parser(
+        "compare",
+        help="a new lot against qualified lots: equivalence per identity class, latent shift",
+    )
+    cmp_.add_argument(
+        "new", type=Path, help="the new lot: a release's lot.h5ad (or a scored .h5ad)"
+    )
+    cmp_.add_argument(
+        "--history", type=Path, nargs="+", required=True, help="qualified lots (.h5ad)"
+    )
+    _add_spec_args(cmp_)
+    cmp_.add_argument("--out", type=Path, required=True, help="comparison JSON")
+    cmp_.add_argument("--plot", type=Path, default=None, help="also draw the comparison here")
+    cmp_.add_argument("--seed", type=int, default=0)
+    cmp_.set_defaults(func=_cmd_compare)
+
+    mx = sub.add_parser(
+        "mix",
+        help="a validation lot: cells drawn from a base population, optionally with a known "
+        "fraction of spike-in cells chosen by a marker rule",
+    )
+    mx.add_argument("base", type=Path, help="base population (.h5ad / 10x)")
+    mx.add_argument("--n-cells", type=int, required=True)
+    mx.add_argument("--spike", type=Path, default=None, help="spike-in population")
+    mx.add_argument("--fraction", type=float, default=0.0, help="spike-in fraction")
+    mx.add_argument(
+        "--spike-markers", default="", help="genes every spike cell has, comma-separated"
+    )
+    mx.add_argument("--spike-exclude", default="", help="genes no spike cell has, comma-separated")
+    mx.add_argument("--seed", type=int, default=0)
+    mx.add_argument("--out", type=Path, required=True, help="output .h5ad")
+    mx.set_defaults(func=_cmd_mix)
+
+    sm = sub.add_parser("summary", help="status of many lots under a workflow's output folder")
+    sm.add_argument("--outdir", type=Path, required=True)
+    sm.add_argument("--lots", nargs="+", required=True)
+    sm.add_argument("--out", type=Path, default=None, help="also write the table (TSV) here")
+    sm.set_defaults(func=_cmd_summary)
+
     audit = sub.add_parser("audit", help="audit trails")
     acmds = audit.add_subparsers(dest="audit_command", required=True)
     av = acmds.add_parser(
@@ -403,6 +442,86 @@ def _cmd_score(args: argparse.Namespace) -> None:
         args.report_json.write_text(report.to_json() + "\n")
     print(f"Verdict {report.verdict} ({report.n_cells} cells; LOD95 {report.lod95:.2%})")
     print(report.to_frame().drop(columns=["denominator"]).to_string())
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    import json
+
+    import anndata as ad
+
+    from . import pl, release, tl
+
+    _check_out_file(args.out)
+    spec = None
+    if args.spec is not None:
+        spec = release.Spec.from_yaml(args.spec)
+    elif args.product is not None:
+        spec = release.Spec.from_profile(args.product)
+    for path in [args.new, *args.history]:
+        if not path.is_file():
+            raise InputError(f"Lot not found: {path}. Give the lot.h5ad of each release.")
+    new = ad.read_h5ad(args.new)
+    history = {}
+    for path in args.history:
+        lot = ad.read_h5ad(path)
+        # a release's lot.h5ad knows its lot id; other files go by their name
+        history[lot.uns.get("sct_release", {}).get("lot_id", path.stem)] = lot
+    result = tl.compare_lots(new, history, spec=spec, seed=args.seed)
+    args.out.write_text(json.dumps({"new": str(args.new), **result.to_dict()}, indent=2) + "\n")
+    if args.plot is not None:
+        pl.compare_lots(new, save=args.plot)
+    print(f"Comparison with {len(history)} qualified lots: {result.verdict}")
+    print(
+        result.classes[["fraction", "history_mean", "difference", "margin", "verdict"]].to_string()
+    )
+    shift = result.shift
+    if "p_value" in shift:
+        print(
+            f"latent shift: energy distance {shift['energy_distance']:.3f}, p = {shift['p_value']:.3g}"
+        )
+
+
+def _cmd_mix(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from . import io, validation
+
+    _check_out_file(args.out)
+    base = io.read(args.base)
+    spike = None
+    if args.spike is not None:
+        spike = io.read(args.spike)
+        positive = [g for g in args.spike_markers.split(",") if g]
+        negative = [g for g in args.spike_exclude.split(",") if g]
+        if positive or negative:
+            spike = spike[validation.select_by_markers(spike, positive=positive, negative=negative)]
+    elif args.fraction:
+        raise InputError("--fraction needs --spike (the population to spike in).")
+    rng = np.random.default_rng(args.seed)
+    lot = validation.mix(
+        base, spike if spike is not None else base[:0], args.fraction, args.n_cells, rng
+    )
+    lot.obs = lot.obs[[validation.SPIKE_KEY]]
+    lot.uns["sct_mix"] = {
+        "base": str(args.base),
+        "spike": str(args.spike),
+        "fraction": args.fraction,
+        "n_cells": args.n_cells,
+        "seed": args.seed,
+        "spike_markers": args.spike_markers,
+        "spike_exclude": args.spike_exclude,
+    }
+    lot.write_h5ad(args.out)
+    print(f"Wrote {args.out}: {lot.n_obs} cells, {int(lot.obs[validation.SPIKE_KEY].sum())} spiked")
+
+
+def _cmd_summary(args: argparse.Namespace) -> None:
+    from .release import summarize
+
+    table = summarize(args.outdir, args.lots)
+    if args.out is not None:  # rewritten on every run: it describes the latest one
+        table.to_csv(args.out, sep="\t", index=False)
+    print(table.to_string(index=False))
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> None:

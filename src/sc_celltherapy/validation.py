@@ -65,6 +65,29 @@ class SpikeInResult:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def select_by_markers(
+    adata: AnnData, *, positive: Sequence[str], negative: Sequence[str] = ()
+) -> np.ndarray:
+    """Cells with every ``positive`` gene detected (a count > 0) and no ``negative`` gene: an
+    independent marker rule for choosing spike-in cells (e.g. monocytes: LYZ and CD14, not
+    CD3E)."""
+    missing = [g for g in (*positive, *negative) if g not in adata.var_names]
+    if missing:
+        raise InputError(f"Marker genes {missing} are not in the matrix; check their names.")
+    X = adata.X
+
+    def detected(gene: str) -> np.ndarray:
+        col = X[:, adata.var_names.get_loc(gene)]
+        return np.asarray((col > 0).sum(axis=1) if col.ndim == 2 else col > 0).ravel() > 0
+
+    keep = np.ones(adata.n_obs, dtype=bool)
+    for g in positive:
+        keep &= detected(g)
+    for g in negative:
+        keep &= ~detected(g)
+    return keep
+
+
 def mix(base: AnnData, spike: AnnData, fraction: float, n_cells: int, rng) -> AnnData:
     """``n_cells`` cells, ``round(fraction * n_cells)`` of them drawn from ``spike`` and the rest
     from ``base``, without replacement; ``obs["sct_spiked"]`` marks the spiked cells."""

@@ -3,6 +3,7 @@
 from ._audit import AuditError, AuditLog, verify_audit
 from ._run import Release, ReleaseExistsError, compare_results, run
 from ._spec import IMPURITY_CLASSES, Spec, SpecError
+from ._summary import summarize
 
 __all__ = [
     "Spec",
@@ -15,4 +16,5 @@ __all__ = [
     "AuditLog",
     "AuditError",
     "verify_audit",
+    "summarize",
 ]

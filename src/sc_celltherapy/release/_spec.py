@@ -29,6 +29,7 @@ _FIELDS = (
     "max_impurity",
     "max_identity_fraction",
     "transgene_features",
+    "comparability_margin",
     "example",
     "note",
 )
@@ -58,6 +59,11 @@ class Spec:
     transgene_features
         Count-matrix features of the transgene (e.g. ``CAT_scFv``); their positive fraction is
         reported as a lower bound.
+    comparability_margin
+        Equivalence margins of lot-to-lot comparison (:func:`~sc_celltherapy.tl.compare_lots`):
+        the largest absolute difference in an identity class's fraction between a new lot and
+        the qualified lots that still counts as equivalent, per class name, with ``"default"``
+        for the classes not named.
     example
         True for the example specs shipped with profiles (never a regulatory limit).
     note
@@ -79,6 +85,7 @@ class Spec:
     max_impurity: Mapping[str, float] = field(default_factory=dict)
     max_identity_fraction: Mapping[str, float] = field(default_factory=dict)
     transgene_features: tuple[str, ...] = ()
+    comparability_margin: Mapping[str, float] = field(default_factory=dict)
     example: bool = False
     note: str = ""
 
@@ -89,6 +96,7 @@ class Spec:
         object.__setattr__(self, "transgene_features", tuple(self.transgene_features))
         object.__setattr__(self, "max_impurity", dict(self.max_impurity))
         object.__setattr__(self, "max_identity_fraction", dict(self.max_identity_fraction))
+        object.__setattr__(self, "comparability_margin", dict(self.comparability_margin))
         self._check()
 
     def _check(self) -> None:
@@ -109,6 +117,7 @@ class Spec:
             "max_target_fraction": self.max_target_fraction,
             **{f"max_impurity[{k}]": v for k, v in self.max_impurity.items()},
             **{f"max_identity_fraction[{k}]": v for k, v in self.max_identity_fraction.items()},
+            **{f"comparability_margin[{k}]": v for k, v in self.comparability_margin.items()},
         }
         for name, value in limits.items():
             ok = isinstance(value, int | float) and not isinstance(value, bool)
@@ -144,6 +153,7 @@ class Spec:
             "max_impurity": dict(self.max_impurity),
             "max_identity_fraction": dict(self.max_identity_fraction),
             "transgene_features": list(self.transgene_features),
+            "comparability_margin": dict(self.comparability_margin),
             "example": self.example,
             "note": self.note,
         }
@@ -162,7 +172,7 @@ class Spec:
             msg = f"{source}: the spec lacks required field(s) {missing}."
             raise SpecError(msg)
         kwargs = dict(data)
-        for key in ("max_impurity", "max_identity_fraction"):
+        for key in ("max_impurity", "max_identity_fraction", "comparability_margin"):
             if kwargs.get(key) is None:
                 kwargs[key] = {}
             elif not isinstance(kwargs[key], Mapping):

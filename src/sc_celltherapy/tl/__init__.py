@@ -1,6 +1,7 @@
 """Tools: clustering, mapping, identity and purity of a lot."""
 
 from ._cluster import cluster
+from ._compare import LotComparison, compare_lots
 from ._identity import identity_score
 from ._map import MappingWarning, map_to_reference
 from ._purity import PurityReport, assess_purity
@@ -12,4 +13,6 @@ __all__ = [
     "identity_score",
     "assess_purity",
     "PurityReport",
+    "compare_lots",
+    "LotComparison",
 ]

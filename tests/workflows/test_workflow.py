@@ -1,0 +1,110 @@
+"""The Snakemake workflow, run for real on the test configuration (real data, 7 lots)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sc_celltherapy.release import verify_audit
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOW = REPO / "workflows"
+
+
+def _env(cache_dir) -> dict:
+    bin_dir = str(Path(sys.executable).parent)  # sc-celltherapy and snakemake of this venv
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SCT_CACHE_DIR": str(cache_dir),
+    }
+
+
+def _snakemake(*args, cwd=REPO, env=None, timeout=3000):
+    exe = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+    return subprocess.run(
+        [exe, "-s", str(WORKFLOW / "Snakefile"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def workflow_run(shared_data, demo_bundle, tmp_path_factory):
+    """workflows/config/test.yaml with the real data folder and a temporary output folder."""
+    import sc_celltherapy as sct
+
+    tmp = tmp_path_factory.mktemp("workflow")
+    sheet = (WORKFLOW / "config" / "test_samples.tsv").read_text()
+    (tmp / "samples.tsv").write_text(sheet.replace("../shared/data", str(shared_data)))
+    config = yaml.safe_load((WORKFLOW / "config" / "test.yaml").read_text())
+    config |= {"samples": str(tmp / "samples.tsv"), "outdir": str(tmp / "results")}
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = _snakemake(
+        "--configfile",
+        str(tmp / "config.yaml"),
+        "--cores",
+        "2",
+        "--keep-going",
+        env=_env(sct.settings.cache_dir),
+    )
+    return tmp / "results", proc
+
+
+def test_good_lots_are_released_and_the_broken_one_fails_alone(workflow_run):
+    out, proc = workflow_run
+    assert proc.returncode != 0  # the broken lot fails the run, under --keep-going
+    good = ["Q1", "Q2", "Q3", "N1-CLEAN", "N2-MONOCYTES", "PRODUCT"]
+    for lot in good:
+        results = json.loads((out / lot / "release" / "results.json").read_text())
+        assert results["lot_id"] == lot and results["verdict"] in {"PASS", "FAIL", "INCONCLUSIVE"}
+        verify_audit(out / lot / "release" / "audit.jsonl")
+    assert not (out / "BROKEN" / "release").exists()
+    log = (out / "BROKEN" / "logs" / "release.log").read_text()
+    assert "error: Unsupported input 'cart_sample_metadata.tsv'" in log
+    summary = pd.read_csv(out / "summary.tsv", sep="\t").fillna("").set_index("lot")
+    assert summary.loc["BROKEN", "status"] == "failed"
+    assert "Unsupported input" in summary.loc["BROKEN", "reason"]
+    assert set(summary.loc[good, "status"]) == {"released"}
+    # the stepwise rules (qc, map, score) ran for the product
+    steps = out / "PRODUCT" / "steps"
+    assert all((steps / f).stat().st_size > 0 for f in ("qc.h5ad", "mapped.h5ad", "scored.h5ad"))
+
+
+def test_compare_flags_the_impure_lot(workflow_run):
+    out, _ = workflow_run
+    clean = json.loads((out / "N1-CLEAN" / "compare.json").read_text())
+    impure = json.loads((out / "N2-MONOCYTES" / "compare.json").read_text())
+    assert clean["history_lots"] == ["Q1", "Q2", "Q3"]
+    assert clean["verdict"] == "equivalent"
+    assert impure["verdict"] == "not equivalent"
+    # 15% monocytes were injected: the lot's monocyte + unassigned share rose by about that
+    rose = sum(impure["classes"][c]["difference"] for c in ("monocytes", "unassigned"))
+    assert 0.08 < rose < 0.2
+    assert impure["shift"]["p_value"] < 0.01
+    assert (out / "N2-MONOCYTES" / "compare.png").stat().st_size > 0
+
+
+def test_workflow_lints_clean(demo_bundle):
+    proc = _snakemake("--configfile", str(WORKFLOW / "config" / "test.yaml"), "--lint")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_bad_config_is_refused_at_start_up(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("samples: x.tsv\nseed: -1\n")
+    proc = _snakemake("--configfile", str(bad), "-n")
+    assert proc.returncode != 0
+    assert "seed" in proc.stdout + proc.stderr

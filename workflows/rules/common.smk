@@ -1,0 +1,55 @@
+# Helpers that turn the sample sheet into file names (wiring only).
+
+
+wildcard_constraints:
+    lot="[A-Za-z0-9_.-]+",
+
+
+def lot_input(wildcards):
+    """The lot's counts: its `input` column, or the lot the `mix` rule draws for it."""
+    row = SAMPLES.loc[wildcards.lot]
+    return row["input"] if row["input"] else f"{OUT}/{wildcards.lot}/input.h5ad"
+
+
+def mix_args(lot):
+    row = SAMPLES.loc[lot]
+    args = f"{row['base']} --n-cells {row['n_cells']} --seed {row['seed'] or 0}"
+    if row["spike"]:
+        args += f" --spike {row['spike']} --fraction {row['fraction']}"
+        args += f" --spike-markers '{row['spike_markers']}' --spike-exclude '{row['spike_exclude']}'"
+    return args
+
+
+def history_of(lot):
+    """Qualified lots listed before `lot` in the sample sheet."""
+    lots = list(SAMPLES["lot"])
+    before = lots[: lots.index(lot)]
+    return [x for x in before if SAMPLES.loc[x, "role"] == "qualified"]
+
+
+def new_lots():
+    return [x for x in SAMPLES["lot"] if SAMPLES.loc[x, "role"] == "new" and history_of(x)]
+
+
+def stepwise_lots():
+    chosen = config.get("stepwise", [])
+    return list(SAMPLES["lot"]) if chosen == "all" else list(chosen)
+
+
+def spec_args():
+    args = f"--product {config['product']}"
+    if config.get("spec"):
+        args += f" --spec {config['spec']}"
+    return args
+
+
+def all_targets():
+    targets = [f"{OUT}/{lot}/release" for lot in SAMPLES["lot"]]
+    targets += [f"{OUT}/{lot}/compare.json" for lot in new_lots()]
+    targets += [f"{OUT}/{lot}/steps/scored.h5ad" for lot in stepwise_lots()]
+    return targets
+
+
+def summary_command():
+    lots = " ".join(SAMPLES["lot"])
+    return f"sc-celltherapy summary --outdir {OUT} --lots {lots} --out {OUT}/summary.tsv"

@@ -1,0 +1,16 @@
+rule qc:
+    """QC one lot: metrics, low-quality and doublet flags, filter (`sc-celltherapy qc`)."""
+    input:
+        lot_input,
+    output:
+        f"{OUT}/{{lot}}/steps/qc.h5ad",
+    log:
+        f"{OUT}/{{lot}}/logs/qc.log",
+    conda:
+        "../envs/sc_celltherapy.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "sc-celltherapy qc {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,20 @@
+rule score:
+    """Identity and purity of a mapped lot against the spec (`sc-celltherapy score`)."""
+    input:
+        f"{OUT}/{{lot}}/steps/mapped.h5ad",
+    output:
+        h5ad=f"{OUT}/{{lot}}/steps/scored.h5ad",
+        report=f"{OUT}/{{lot}}/steps/purity.json",
+    log:
+        f"{OUT}/{{lot}}/logs/score.log",
+    params:
+        spec=spec_args(),
+    conda:
+        "../envs/sc_celltherapy.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "sc-celltherapy score {input} {params.spec} --out {output.h5ad}"
+        " --report-json {output.report} > {log} 2>&1"
