@@ -29,6 +29,7 @@ from .._utils import plain
 from .._validate import InputError
 from ..pp._qc import QCWarning
 from ..tl._map import MappingWarning
+from ..tl._purity import IMPURITY_COLUMNS
 from ._audit import AUDIT_FILE, AuditLog
 from ._spec import Spec, SpecError
 
@@ -212,6 +213,7 @@ def _preflight(
     from .._validate import check_obs_key
     from ..tl._identity import RESIDUAL_PLURIPOTENT, UNASSIGNED, _identities
     from ..tl._map import check_genes
+    from ..tl._purity import check_transgene_features
 
     out_dir = Path(out_dir).absolute()
     check_out_dir(out_dir)
@@ -244,13 +246,7 @@ def _preflight(
         f" and profile {profile['name']!r}" if profile else ""
     )
     spec_obj.check_identities(known, where=where)
-    missing = [f for f in spec_obj.transgene_features if f not in adata.var_names]
-    if missing:
-        msg = (
-            f"The spec's transgene feature(s) {missing} are not in {input_path.name}. Check the "
-            "feature name (e.g. CAT_scFv), or use a spec without transgene_features."
-        )
-        raise SpecError(msg)
+    check_transgene_features(adata, spec_obj)
     return _Inputs(
         input_path,
         adata,
@@ -452,24 +448,8 @@ def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_o
         row = row.where(row.notna(), None)
         row["cells_needed"] = None if row["cells_needed"] is None else int(row["cells_needed"])
         row["n"] = int(row["n"])
-        criteria.append(
-            {
-                "criterion": name,
-                **{
-                    k: row[k]
-                    for k in (
-                        "n",
-                        "fraction",
-                        "ci_low",
-                        "ci_high",
-                        "limit",
-                        "verdict",
-                        "cells_needed",
-                        "denominator",
-                    )
-                },
-            }
-        )
+        columns = [*IMPURITY_COLUMNS, "denominator"]
+        criteria.append({"criterion": name, **{k: row[k] for k in columns}})
     src = adata.uns["sct_input"]
     n = report.n_cells
     results = {

@@ -290,9 +290,8 @@ def _target_row(k: int, n: int, spec: Spec) -> TargetFraction:
     )
 
 
-def _transgene(adata: AnnData, spec: Spec, assessed: np.ndarray, layer) -> dict | None:
-    if not spec.transgene_features:
-        return None
+def check_transgene_features(adata: AnnData, spec: Spec) -> None:
+    """Refuse a spec whose transgene features are not in the lot's count matrix."""
     missing = [f for f in spec.transgene_features if f not in adata.var_names]
     if missing:
         msg = (
@@ -300,6 +299,12 @@ def _transgene(adata: AnnData, spec: Spec, assessed: np.ndarray, layer) -> dict 
             "Check the feature name (e.g. CAT_scFv) or remove transgene_features from the spec."
         )
         raise InputError(msg)
+
+
+def _transgene(adata: AnnData, spec: Spec, assessed: np.ndarray, layer) -> dict | None:
+    if not spec.transgene_features:
+        return None
+    check_transgene_features(adata, spec)
     cols = adata.var_names.get_indexer(list(spec.transgene_features))
     counts = get_matrix(adata, layer)[:, cols]
     positive = np.asarray((counts > 0).sum(axis=1)).ravel()[assessed] > 0
