@@ -29,7 +29,6 @@ from .._utils import plain
 from .._validate import InputError
 from ..pp._qc import QCWarning
 from ..tl._map import MappingWarning
-from ..tl._purity import IMPURITY_COLUMNS
 from ._audit import AUDIT_FILE, AuditLog
 from ._spec import Spec, SpecError
 
@@ -435,6 +434,7 @@ def spec_digest(spec: Spec) -> str:
 
 def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap) -> dict:
     from .. import __version__
+    from ..tl._purity import IMPURITY_COLUMNS  # here: tl imports release (the Spec)
 
     qc = adata.uns["sct_qc"]
     ref = adata.uns["sct_ref"]
