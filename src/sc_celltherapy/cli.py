@@ -339,6 +339,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(
         "  (the embedded reference is built from the same cells: this shows the chain, not accuracy)\n"
     )
+    print("Reference pbmc_demo: verified, or built on first use (about 1-2 minutes) and cached\n")
     # the demo lot has no CAR transgene feature; the example spec is otherwise the profile's
     spec = dataclasses.replace(release.Spec.from_profile("car_t_demo"), transgene_features=())
     with tempfile.TemporaryDirectory() as tmp:
