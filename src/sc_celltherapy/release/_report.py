@@ -51,13 +51,18 @@ def verdict_table(results: dict) -> str:
     """The criteria with their fractions, intervals, limits and verdicts (id ``verdict-table``)."""
     head = (
         "<tr><th class='name'>criterion</th><th>cells</th><th>fraction</th><th>95% interval</th>"
-        "<th>spec limit</th><th>verdict</th><th>cells needed to decide</th></tr>"
+        "<th>spec limit</th><th>verdict</th><th>cells needed (if inconclusive)</th></tr>"
     )
     rows = []
     for c in results["criteria"]:
         is_min = c["criterion"] == "target"
         limit = ("≥ " if is_min else "≤ ") + _pct(c["limit"])
-        needed = "" if c["cells_needed"] is None else f"{c['cells_needed']:,}"
+        # decided criteria need no more cells; an undecided one says how many would decide it
+        needed = (
+            f"{c['cells_needed']:,}"
+            if c["verdict"] == "INCONCLUSIVE" and c["cells_needed"] is not None
+            else "–"
+        )
         denom = " (of all barcodes)" if c.get("denominator") == "barcodes" else ""
         rows.append(
             f"<tr><td class='name'>{escape(c['criterion'])}{denom}</td><td>{c['n']:,}</td>"
