@@ -295,7 +295,8 @@ def _resolve_spec(spec, product) -> tuple[Spec, str, dict[str, str]]:
         profile = _load_profile(product)
         return Spec.from_profile(profile), f"example spec of product profile {product!r}", {}
     if isinstance(spec, Spec):
-        return spec, "Spec object", {}
+        kind = "example spec" if spec.example else "spec"
+        return spec, f"{kind} of {spec.product!r} given in Python", {}
     path = Path(spec)
     if not path.is_file():
         raise SpecError(f"Spec file {path} does not exist. Give the path of a spec YAML file.")
@@ -493,9 +494,10 @@ def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_o
             "calibration_ece": inputs.bundle.manifest["calibration"].get("ece_calibrated"),
         },
         "spec": {
-            "source": inputs.spec_source
-            if inputs.spec_source.startswith(("example", "Spec"))
-            else Path(inputs.spec_source).name,
+            # a file is named without its folder (paths differ between runs, contents do not)
+            "source": Path(inputs.spec_source).name
+            if Path(inputs.spec_source).is_file()
+            else inputs.spec_source,
             "sha256": spec_digest(inputs.spec),
             "example": inputs.spec.example,
             "content": inputs.spec.to_dict(),
