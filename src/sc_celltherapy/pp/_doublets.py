@@ -7,7 +7,7 @@ import scanpy as sc
 from anndata import AnnData
 
 from .._logging import logger, timed
-from .._utils import iter_samples, uns_safe
+from .._utils import EXACT_KNN_MAX_CELLS, iter_samples, uns_safe
 from .._validate import InputError, check_lot, get_matrix
 
 # 10x Genomics' Chromium user guides: about 0.8% multiplets per 1,000 cells recovered.
@@ -172,12 +172,6 @@ def _scrublet_scores(counts, rate: float, random_state: int) -> tuple[np.ndarray
     return sub.obs["doublet_score"].to_numpy(), np.asarray(
         sub.uns["scrublet"]["doublet_scores_sim"]
     )
-
-
-# Exact neighbours up to this many cells (3x as many points with the simulated doublets): on
-# 20,000 cells and 2 CPU cores exact search takes 40 s where pynndescent took 150 s (most of it
-# index building and numba compilation), and it has no approximation to vary between runs.
-EXACT_KNN_MAX_CELLS = 50_000
 
 
 def _approximate_knn(n_cells: int) -> bool:

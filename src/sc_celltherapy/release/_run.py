@@ -27,6 +27,7 @@ from typing import Any
 from .._logging import logger
 from .._utils import plain
 from .._validate import InputError
+from ..io import file_sha256
 from ..pp._qc import QCWarning
 from ..tl._map import MappingWarning
 from ._audit import AUDIT_FILE, AuditLog
@@ -49,6 +50,7 @@ class Release:
 
     out_dir: Path
     results: dict[str, Any] = field(repr=False)
+    audit_last_hash: str = ""
 
     @property
     def verdict(self) -> str:
@@ -149,9 +151,9 @@ def run(
     if audit_log is not None:
         logs.append(AuditLog(audit_log, operator=operator, run_id=run_id))
 
-    def audit(action: str, **kwargs) -> None:
-        for log in logs:
-            log.append(action, **kwargs)
+    def audit(action: str, **kwargs) -> str:
+        """Append to every log; the release's own log's line hash is returned."""
+        return [log.append(action, **kwargs) for log in logs][0]
 
     settings_used = {
         "batch_key": batch_key,
@@ -167,7 +169,7 @@ def run(
             command=" ".join(sys.argv),
             settings=settings_used,
         )
-        results, adata, figures = _chain(
+        results, adata, figures, timings = _chain(
             inputs, lot_id, batch_key, seed, min_gene_overlap, say, audit
         )
         rerun = None
@@ -175,21 +177,16 @@ def run(
             say("verify-rerun: running the whole chain a second time")
             again = _preflight_again(inputs)
             audit("rerun started")
-            second, _, _ = _chain(again, lot_id, batch_key, seed, min_gene_overlap, say, audit)
+            second, *_ = _chain(again, lot_id, batch_key, seed, min_gene_overlap, say, audit)
             rerun = compare_results(results, second)
             audit("rerun compared", agrees=rerun["agrees"], differences=rerun["differences"])
-        results[PER_RUN_KEY] = _run_record(
-            run_id, operator, started, inputs, results.pop("_timings"), rerun
-        )
+        results[PER_RUN_KEY] = _run_record(run_id, operator, started, inputs, timings, rerun)
         say(f"[{len(STEPS)}/{len(STEPS)}] write results.json, lot.h5ad, report.html")
-        start = time.perf_counter()
         written = _write_outputs(tmp, results, adata, figures)
-        results[PER_RUN_KEY]["timings_s"]["write"] = round(time.perf_counter() - start, 3)
-        # results.json is rewritten with the write time; its hash is taken after
-        (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-        written[RESULTS_FILE] = _file_sha256(tmp / RESULTS_FILE)
         audit("outputs written", wrote=written)
-        audit("run finished", verdict=results["verdict"], results_sha256=written[RESULTS_FILE])
+        last_hash = audit(
+            "run finished", verdict=results["verdict"], results_sha256=written[RESULTS_FILE]
+        )
         _rename_into_place(tmp, inputs.out_dir)
     except BaseException as err:
         # the lab log (if any) keeps the failure; the partial directory goes
@@ -198,7 +195,7 @@ def run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     say(f"release written to {inputs.out_dir} (verdict {results['verdict']})")
-    return Release(inputs.out_dir, results)
+    return Release(inputs.out_dir, results, last_hash)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,8 +284,6 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def _resolve_spec(spec, product) -> tuple[Spec, str, dict[str, str]]:
-    from ..io import file_sha256
-
     if spec is None:
         if product is None:
             raise InputError("No spec: pass a spec YAML (--spec) or a product (--product).")
@@ -332,7 +327,7 @@ def _chain(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
     with warnings.catch_warnings(record=True) as caught:
         for category in own:  # always recorded, whatever the caller's filters
             warnings.simplefilter("always", category)
-        results, adata, figures = _steps(
+        results, adata, figures, timings = _steps(
             inputs, lot_id, batch_key, seed, min_gene_overlap, say, audit
         )
     # our own warnings (QC criteria skipped, low gene overlap) belong to the record: results,
@@ -346,7 +341,7 @@ def _chain(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
                 say(f"warning: {w.message}")
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, registry=registry)
-    return results, adata, figures
+    return results, adata, figures, timings
 
 
 def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audit):
@@ -356,18 +351,17 @@ def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
     timings: dict[str, float] = {}
     n_steps = len(STEPS)
 
-    def step(i: int, name: str, what: str):
-        say(f"[{i}/{n_steps}] {what}")
+    def step(name: str, what: str):
+        say(f"[{STEPS.index(name) + 1}/{n_steps}] {what}")
         return _Timer(timings, name)
 
     step(
-        1,
         "read",
         f"read {inputs.input_path.name}: {adata.n_obs} barcodes x {adata.n_vars} features",
     )
     timings["read"] = inputs.read_seconds
     species = inputs.bundle.manifest.get("species", "human")
-    with step(2, "qc", "QC: metrics, low-quality and doublet flags, filter"):
+    with step("qc", "QC: metrics, low-quality and doublet flags, filter"):
         pp.qc_metrics(adata, species=species, batch_key=batch_key)
         pp.flag_low_quality(adata, batch_key=batch_key)
         pp.doublets(adata, batch_key=batch_key, random_state=seed)
@@ -377,9 +371,7 @@ def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
     audit(
         "qc", n_barcodes=qc["n_cells_before"], n_after=qc["n_cells_after"], removed=qc["n_removed"]
     )
-    with step(
-        3, "map", f"map {adata.n_obs} cells onto {inputs.bundle.name} v{inputs.bundle.version}"
-    ):
+    with step("map", f"map {adata.n_obs} cells onto {inputs.bundle.name} v{inputs.bundle.version}"):
         tl.map_to_reference(
             adata, inputs.bundle, batch_key=batch_key, seed=seed, min_gene_overlap=min_gene_overlap
         )
@@ -390,24 +382,23 @@ def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
         gene_overlap=ref["gene_overlap"],
         n_unassigned=ref["n_unassigned"],
     )
-    with step(4, "identity", "identity score and class of each cell"):
+    with step("identity", "identity score and class of each cell"):
         tl.identity_score(adata, target=list(inputs.spec.target), profile=inputs.profile)
     audit("identity", classes=_counts(adata.obs["sct_identity_class"]))
-    with step(5, "purity", "purity against the spec"):
+    with step("purity", "purity against the spec"):
         report = tl.assess_purity(adata, inputs.spec)
     audit("purity", verdict=report.verdict, spec_sha256=spec_digest(inputs.spec))
-    with step(6, "cluster", "clusters and UMAP on the reference latent space"):
+    with step("cluster", "clusters and UMAP on the reference latent space"):
         # the report needs the UMAP; marker genes (the slow part) are left to `cluster`
         tl.cluster(adata, use_rep="X_sct_ref", random_state=seed, markers=False)
     results = _results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap)
-    with step(7, "report", "figures and report"):
+    with step("report", "figures and report"):
         figures = {
             "qc": qc_png,
             "identity": _png(pl.identity(adata, groupby="sct_ref_label")),
             "composition": _png(pl.composition(adata)),
         }
-    results["_timings"] = timings
-    return results, adata, figures
+    return results, adata, figures, timings
 
 
 class _Timer:
@@ -435,22 +426,13 @@ def spec_digest(spec: Spec) -> str:
 
 def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap) -> dict:
     from .. import __version__
-    from ..tl._purity import IMPURITY_COLUMNS  # here: tl imports release (the Spec)
 
     qc = adata.uns["sct_qc"]
     ref = adata.uns["sct_ref"]
-    frame = report.to_frame()
-    criteria = []
-    for name, row in frame.iterrows():
-        if row["limit"] is None or (
-            isinstance(row["limit"], float) and row["limit"] != row["limit"]
-        ):
-            continue
-        row = row.where(row.notna(), None)
-        row["cells_needed"] = None if row["cells_needed"] is None else int(row["cells_needed"])
-        row["n"] = int(row["n"])
-        columns = [*IMPURITY_COLUMNS, "denominator"]
-        criteria.append({"criterion": name, **{k: row[k] for k in columns}})
+    purity = report.to_dict()
+    target = {**purity["target"], "denominator": "assessed"}
+    judged = {"target": target, **purity["impurities"]}
+    criteria = [{"criterion": k, **row} for k, row in judged.items() if row["limit"] is not None]
     src = adata.uns["sct_input"]
     n = report.n_cells
     results = {
@@ -459,7 +441,7 @@ def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_o
         "product": inputs.spec.product,
         "verdict": report.verdict,
         "criteria": criteria,
-        "purity": report.to_dict(),
+        "purity": purity,
         "detection": {
             "n_cells_assessed": n,
             "lod95": report.lod95,
@@ -569,7 +551,7 @@ def _run_record(run_id, operator, started, inputs: _Inputs, timings, rerun) -> d
 
 def compare_results(first: Mapping, second: Mapping) -> dict[str, Any]:
     """Whether two results agree outside the per-run key; the top-level keys that differ."""
-    keys = (set(first) | set(second)) - {PER_RUN_KEY, "_timings"}
+    keys = (set(first) | set(second)) - {PER_RUN_KEY}
     differences = sorted(
         k
         for k in keys
@@ -590,10 +572,10 @@ def _png(fig) -> bytes:
 
 
 def _write_outputs(tmp: Path, results: dict, adata, figures: dict[str, bytes]) -> dict[str, str]:
-    from ..io import file_sha256
+    """lot.h5ad and report.html, then results.json (with the time the other two took)."""
     from ._report import render_report
 
-    (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    start = time.perf_counter()
     adata.uns["sct_release"] = {
         "lot_id": results["lot_id"],
         "verdict": results["verdict"],
@@ -601,6 +583,8 @@ def _write_outputs(tmp: Path, results: dict, adata, figures: dict[str, bytes]) -
     }
     adata.write_h5ad(tmp / LOT_FILE)
     (tmp / REPORT_FILE).write_text(render_report(results, figures), encoding="utf-8")
+    results[PER_RUN_KEY]["timings_s"]["write"] = round(time.perf_counter() - start, 3)
+    (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return {name: file_sha256(tmp / name) for name in (RESULTS_FILE, LOT_FILE, REPORT_FILE)}
 
 
@@ -609,12 +593,6 @@ def _rename_into_place(tmp: Path, out_dir: Path) -> None:
         msg = f"Release directory {out_dir} appeared during the run; this run's outputs are discarded."
         raise ReleaseExistsError(msg)
     os.rename(tmp, out_dir)
-
-
-def _file_sha256(path: Path) -> str:
-    from ..io import file_sha256
-
-    return file_sha256(path)
 
 
 def _now() -> str:

@@ -7,13 +7,10 @@ from anndata import AnnData
 
 from .._hvg import seurat_v3_hvg
 from .._logging import timed
-from .._utils import uns_safe
+from .._utils import EXACT_KNN_MAX_CELLS, uns_safe
 from .._validate import InputError, check_lot, get_matrix
 
 LOGNORM_LAYER = "sct_lognorm"
-# Exact kNN (scikit-learn) up to this many cells: on 20,000 cells and 2 CPU cores it takes 13 s
-# where pynndescent (scanpy's choice above 4,096 cells) takes 32 s, and nothing is approximate.
-EXACT_KNN_MAX_CELLS = 50_000
 
 
 def _knn_transformer(n_obs: int) -> str | None:
