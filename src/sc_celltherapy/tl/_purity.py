@@ -15,7 +15,7 @@ from .._logging import logger
 from .._utils import plain, uns_safe
 from .._validate import InputError, MissingKeyError, get_matrix
 from ..release._spec import Spec
-from . import _panels
+from . import _cell_cycle
 from ._identity import TARGET, UNASSIGNED
 
 LEVEL = 0.95
@@ -178,15 +178,30 @@ def assess_purity(
     # labels of a residual-pluripotent identity, where the reference has one
     pluri = [name for name, c in impurity_class.items() if c == "residual_pluripotent"]
     counts["residual_pluripotent"] = (int(np.isin(classes, pluri).sum()), n, "assessed")
-    _, _, phase, n_cc = _panels.cell_cycle(adata, layer=layer)
-    if phase is None:
+    cc = _cell_cycle.cell_cycle(adata, layer=layer)
+    n_cc = _cell_cycle.programme_genes_found(adata)
+    if cc is None:
         notes.append(
             f"proliferating not scored: only {n_cc[0]} S / {n_cc[1]} G2M cell-cycle genes found"
         )
     else:
-        adata.obs[f"{key_added}_phase"] = pd.Categorical(phase)
-        adata.obs[f"{key_added}_proliferating"] = phase != "G1"
-        counts["proliferating"] = (int((phase[assessed] != "G1").sum()), n, "assessed")
+        adata.obs[f"{key_added}_phase"] = pd.Categorical(cc.phase)
+        adata.obs[f"{key_added}_proliferating"] = cc.cycling
+        counts["proliferating"] = (int(cc.cycling[assessed].sum()), n, "assessed")
+        if cc.method == "outliers":
+            n_out = int(cc.cycling.sum())
+            notes.append(
+                "proliferating: no cycling component could be fitted (the median programme gene "
+                f"is at most {2 ** np.nan_to_num(cc.median_log2_fold):.1f}x higher in any split), "
+                f"so the cycling cells are the {n_out} programme-score outliers (> median + "
+                f"{_cell_cycle.OUTLIER_Z:g} robust SD)"
+                + (
+                    "; none stands out, which also happens when most of the lot cycles: check "
+                    "the S/G2M scores before relying on this fraction"
+                    if n_out == 0
+                    else ""
+                )
+            )
     counts["unassigned"] = (int((classes == UNASSIGNED).sum()), n, "assessed")
     for cls, flag in _QC_CLASSES.items():
         if flag in qc_excluded:
@@ -198,7 +213,7 @@ def assess_purity(
                 "run sct.pp.flag_low_quality / sct.pp.doublets before filter_cells"
                 if cls in _QC_CLASSES
                 else f"only {n_cc[0]} S / {n_cc[1]} G2M cell-cycle genes are in the matrix, "
-                f"fewer than {_panels.MIN_CELL_CYCLE_GENES} of either"
+                f"fewer than {_cell_cycle.MIN_CELL_CYCLE_GENES} of either"
             )
             msg = f"The spec limits {cls!r} but the lot has no data for it: {why}."
             raise InputError(msg)
@@ -227,8 +242,13 @@ def assess_purity(
             "channels": "pooled (cells of all channels summed)",
             "identity": info["method"],
             "proliferating": (
-                "cell-cycle scoring (scanpy score_genes, Tirosh 2016 S and G2/M genes, all "
-                "genes of each expression bin as controls): phase S or G2M"
+                "in S/G2/M: two-component Poisson mixture on the UMIs of the Tirosh 2016 S and "
+                "G2/M programme genes (library size as exposure), seeded with the cells whose "
+                "programme score (scanpy score_genes, whole expression bins as controls) is "
+                f"> median + {_cell_cycle.OUTLIER_Z:g} robust SD; posterior > 0.5. When the fitted "
+                "split is not a cycling one (median programme gene < "
+                f"{2**_cell_cycle.MIN_MEDIAN_LOG2_FOLD:g}x higher), the outliers themselves"
+                + ("" if cc is None else f". This lot: {cc.method}")
             ),
         },
     )
