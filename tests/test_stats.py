@@ -63,3 +63,12 @@ def test_overall_verdict():
     assert _stats.overall_verdict([PASS, None, PASS]) == PASS
     assert _stats.overall_verdict([PASS, INCONCLUSIVE]) == INCONCLUSIVE
     assert _stats.overall_verdict([INCONCLUSIVE, FAIL, PASS]) == FAIL
+
+
+def test_wilson_interval_contains_the_fraction_at_the_edges():
+    """k = n gave an upper bound of 0.9999999999999999 < 1 for some n (a release crashed
+    drawing a 100% target fraction with a negative error bar)."""
+    for n in range(1, 3000):
+        low, high = _stats.wilson_interval(n, n)
+        assert low < 1.0 and high == 1.0
+        assert _stats.wilson_interval(0, n)[0] == 0.0

@@ -8,6 +8,7 @@ from ._logging import logger
 from ._validate import InputError
 
 SPANS = (0.3, 0.5, 1.0)
+MIN_BATCH_CELLS = 200
 
 
 def seurat_v3_hvg(
@@ -19,9 +20,25 @@ def seurat_v3_hvg(
     ValueError: "reciprocal condition number", "near singularities"). A wider span is the
     remedy; when every span fails, the genes are ranked on all cells pooled. The settings that
     succeeded are returned so the choice is on record.
+
+    With a batch of fewer than ``MIN_BATCH_CELLS`` cells the genes are ranked on all cells
+    pooled from the start: seurat_v3 gives every batch an equal vote, and a small batch's
+    variance ranking is mostly noise. On the study's CAR-T patients (batches of 31 and 137 cells
+    among ~1,000-1,600) the batch-aware genes cost scANVI 0.43 vs 0.77 accuracy on one held-out
+    patient and 0.40 vs 0.50 on another.
     """
     import scanpy as sc
 
+    note = None
+    if batch_key is not None:
+        sizes = adata.obs[batch_key].value_counts()
+        small = sizes[sizes < MIN_BATCH_CELLS]
+        if len(small):
+            note = (
+                f"batches { ({str(b): int(n) for b, n in small.items()}) } have fewer than {MIN_BATCH_CELLS} cells: "
+                "genes ranked on all cells pooled"
+            )
+            batch_key = None
     attempts = [(batch_key, span) for span in SPANS]
     if batch_key is not None:
         attempts.append((None, SPANS[0]))
@@ -43,7 +60,8 @@ def seurat_v3_hvg(
                 "seurat_v3 loess failed (batch_key=%s, span=%s): %s; retrying", key, span, err
             )
             continue
-        return {"flavor": "seurat_v3", "n_top_genes": n_top_genes, "span": span, "batch_key": key}
+        used = {"flavor": "seurat_v3", "n_top_genes": n_top_genes, "span": span, "batch_key": key}
+        return used if note is None else {**used, "note": note}
     msg = (
         f"Highly variable gene selection (seurat_v3) failed for every loess span: {error}. "
         "The data may have too few cells or genes with counts; check the input counts."

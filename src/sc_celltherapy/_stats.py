@@ -23,7 +23,8 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     denom = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact at k = 0 and k = n in theory; in floating point centre + half can fall just below 1
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def detection_limit(n: int, level: float = 0.95) -> float:

@@ -66,14 +66,15 @@ def map_to_reference(
     ``adata.obsm[f"{key_added}_probs"]`` (all labels, calibrated; columns in the order of
     ``adata.uns[key_added]["labels"]``: an array, as labels such as "CD4+/CD25 T Reg" cannot be
     h5ad column names),
-    ``adata.obs[f"{key_added}_oor_score"]`` (mean latent distance to the 15 nearest reference
-    cells over the build-time threshold of the predicted label: higher is further from the
-    reference, > 1 is beyond what 99% of held-out reference cells reach), ``adata.obs[f"{key_added}_unassigned"]`` (bool,
+    ``adata.obs[f"{key_added}_oor_score"]`` (local outlier ratio: the mean latent distance to
+    the 50 nearest reference cells over those cells' own spacing, divided by the build-time
+    threshold; higher is further from the reference, > 1 is beyond what 99% of held-out reference cells reach),
+    ``adata.obs[f"{key_added}_unassigned"]`` (bool,
     score > 1) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap, settings,
     seed, whether surgery trained).
     """
     from ..atlas import load
-    from ..atlas._bundle import UNLABELED, apply_temperature, knn_distance
+    from ..atlas._bundle import UNLABELED, apply_temperature, local_outlier_ratio
     from ..atlas._model import accelerator, map_query, predict_probs, surgery_epochs
 
     check_lot(adata, layer=layer, batch_key=batch_key)
@@ -99,8 +100,8 @@ def map_to_reference(
         ref_latent, _ = bundle.reference_latent()
         oor = manifest["oor"]
         best = probs.argmax(axis=1)
-        threshold = np.array([oor["thresholds"][lab] for lab in labels])[best]
-        score = knn_distance(ref_latent, latent, k=oor["k"]) / threshold
+        ratio = local_outlier_ratio(ref_latent, latent, bundle.reference_spacing(), k=oor["k"])
+        score = ratio / oor["threshold"]
 
     unassigned = score > 1.0
     adata.obsm[f"X_{key_added}"] = latent.astype(np.float32)
@@ -120,9 +121,8 @@ def map_to_reference(
             "n_missing_genes": len(missing),
             "labels": labels,
             "calibration_temperature": manifest["calibration"]["temperature"],
-            # a list in the order of "labels": labels such as "CD4+/CD25 T Reg" cannot be
-            # h5ad keys
-            "oor_thresholds": [oor["thresholds"][lab] for lab in labels],
+            "oor_method": oor["method"],
+            "oor_threshold": oor["threshold"],
             "oor_quantile": oor["quantile"],
             "surgery_trained": bool(new_batches),
             "new_batches": new_batches,
