@@ -27,6 +27,9 @@ def test_demo_bundle_contents(demo_bundle):
     assert set(m["versions"]) >= {"sc-celltherapy", "scvi-tools", "torch"}
     assert 0 < m["calibration"]["temperature"] < 20
     assert 0 <= m["calibration"]["ece_calibrated"] <= 1
+    # one reference batch: the held-out cells still go through surgery, as every lot does
+    held = m["calibration"]["held_out"]
+    assert held == {"cells_per_label": 0.2, "mapped_by": "scArches surgery (as a new batch)"}
     # held-out cells sit about as far from their neighbours as reference cells do: the 99th
     # percentile of the ratio is above 1, but not many times above
     assert m["oor"]["method"] == "local outlier ratio" and 1 < m["oor"]["threshold"] < 5
