@@ -104,3 +104,24 @@ def test_identity_needs_a_mapping_or_a_profile():
     lot = sct.datasets.toy_product(n_cells=200)
     with pytest.raises(KeyError, match="Run sct.tl.map_to_reference first, or pass profile="):
         sct.tl.identity_score(lot, target="T cell")
+
+
+def test_marker_panels_alone_on_real_labelled_pbmcs():
+    """The no-reference path on real cells: the 700 sorted PBMCs (their sort labels as truth)
+    classified by the car_t_demo profile's marker panels alone, on the 765-gene panel. Measured:
+    167 of 192 T cells (87%) are target, 87 of 95 B cells B-lineage, 115 of 129 monocytes
+    monocytes, and 19 of the 508 other cells (3.7%) are wrongly called target (7 of the 31 NK
+    cells). Before LYZ and CD14 joined the NK panel's negative genes, 37 monocytes (CD16+,
+    through FCGR3A) were called NK and monocyte recall was 67%."""
+    ref = sct.datasets.pbmc_reference()
+    sct.tl.identity_score(ref, profile="car_t_demo")
+    assert ref.uns["sct_identity"]["method"] == "marker panels (within-cell ranks)"
+    truth = ref.obs["cell_type"].astype(str)
+    got = ref.obs["sct_identity_class"].astype(str)
+    is_t = truth.str.contains(r"\bT\b| T Reg|Cytotoxic|Memory").to_numpy()
+    assert is_t.sum() == 192  # the five sorted T-cell populations
+    table = pd.crosstab(truth, got)
+    assert (got[is_t] == "target").mean() >= 0.85, table
+    assert (got[~is_t] == "target").mean() <= 0.05, table
+    assert (got[truth == "CD19+ B"] == "B-lineage cells").mean() >= 0.9, table
+    assert (got[truth == "CD14+ Monocyte"] == "monocytes").mean() >= 0.85, table
