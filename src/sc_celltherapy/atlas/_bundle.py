@@ -184,14 +184,12 @@ def build(
         cal_labels = _model_labels(cal_model)
         truth = held.obs[labels_key].astype(str).to_numpy()
         # held-out cells are mapped exactly as a lot would be: unlabelled, and through scArches
-        # surgery as a batch the model never saw. With one reference batch the held-out cells
-        # become that new batch: fitted without surgery, the out-of-reference threshold missed
-        # the shift every lot gets and called 4.7% of the demo lot's reference T cells
-        # unassigned (nominal 1%).
+        # surgery as a batch the model never saw (with one reference batch, a batch of their
+        # own), so that calibration and the out-of-reference threshold see the shift lots get
         held.obs[labels_key] = pd.Categorical([UNLABELED] * held.n_obs)
-        if batch_key is not None and not held_batches:
-            held.obs[batch_key] = pd.Categorical([HELD_OUT_BATCH] * held.n_obs)
         if batch_key is not None:
+            if not held_batches:
+                held.obs[batch_key] = pd.Categorical([HELD_OUT_BATCH] * held.n_obs)
             held_model = _model.map_query(
                 held, cal_model, train=True, max_epochs=_model.surgery_epochs(held.n_obs), seed=seed
             )
@@ -199,12 +197,13 @@ def build(
             held_model = cal_model
         probs = _model.predict_probs(held_model, held, cal_labels)
         calibration = fit_calibration(probs, truth, cal_labels, seed=seed)
-        calibration["held_out"] = (
+        held_out = (
             {"batches": held_batches} if held_batches else {"cells_per_label": holdout_fraction}
         )
-        calibration["held_out"]["mapped_by"] = (
+        mapped_by = (
             "scArches surgery (as a new batch)" if batch_key is not None else "reference model"
         )
+        calibration["held_out"] = {**held_out, "mapped_by": mapped_by}
         known = np.isin(truth, cal_labels)  # a label only in held-out batches is novel to it
         cal_latent = cal_model.get_latent_representation()
         held_ratio = local_outlier_ratio(
