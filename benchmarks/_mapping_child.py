@@ -56,6 +56,7 @@ def ours(ref, query, workdir: Path, seed: int, epochs: int) -> dict:
         "score": query.obs["sct_ref_oor_score"].to_numpy(),
         "unassigned": query.obs["sct_ref_unassigned"].to_numpy(),
         "calibration": bundle.manifest["calibration"],
+        "oor": bundle.manifest["oor"],
     }
 
 
@@ -79,8 +80,15 @@ def plain_scanvi(ref, query, workdir: Path, seed: int, epochs: int) -> dict:
     query.obs[LABELS_KEY] = "Unknown"
     scvi.model.SCANVI.prepare_query_anndata(query, str(workdir / "scanvi_ref"))
     qmodel = scvi.model.SCANVI.load_query_data(query, str(workdir / "scanvi_ref"))
-    q_epochs = max(10, min(50, 200_000 // query.n_obs))  # same rule as map_to_reference
-    qmodel.train(max_epochs=q_epochs, train_size=1.0, plan_kwargs={"weight_decay": 0.0}, **trainer)
+    from sc_celltherapy.atlas._model import surgery_batch_size, surgery_epochs
+
+    qmodel.train(  # the same surgery schedule as map_to_reference
+        max_epochs=surgery_epochs(query.n_obs),
+        batch_size=surgery_batch_size(query.n_obs),
+        train_size=1.0,
+        plan_kwargs={"weight_decay": 0.0},
+        **trainer,
+    )
     soft = qmodel.predict(query, soft=True)
     probs = soft.to_numpy()
     return {
@@ -114,11 +122,12 @@ def main() -> None:
         start = time.perf_counter()
         result = (ours if method == "sct" else plain_scanvi)(ref, query, workdir, seed, epochs)
     seconds = time.perf_counter() - start
-    calibration = result.pop("calibration", None)
+    calibration, oor = result.pop("calibration", None), result.pop("oor", None)
     if method != "speed":
         np.savez(out, **result)
     peak_mb = peak_rss_mb()
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "calibration": calibration}))
+    record = {"seconds": seconds, "peak_mb": peak_mb, "calibration": calibration, "oor": oor}
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -245,6 +245,21 @@ def main() -> None:
             }
             for p in args.patients
         }
+        if m == "sct":  # where the unassigned calls fall, and the threshold each fold fitted
+            for p in args.patients:
+                oor = runs[m]["full"][p]["oor"]
+                per_fold[m][p] |= {
+                    "unassigned_in_reference_cells": float(full["unassigned"][folds[p]].mean()),
+                    "unassigned_oor_cells": float(excl["unassigned"][folds[p] & is_oor].mean())
+                    if (folds[p] & is_oor).any()
+                    else None,
+                    "oor_threshold": oor["threshold"],
+                    "oor_fpr_bound": oor["fpr_bound"],
+                    "n_held_out_cells": oor["n_held_out_cells"],
+                    "held_out_batches": runs[m]["full"][p]["calibration"]["held_out"].get(
+                        "batches"
+                    ),
+                }
 
     names = {"sct": "sc_celltherapy", "scanvi": "plain scANVI", "celltypist": "CellTypist 1.7.1"}
     header = (
@@ -266,6 +281,12 @@ def main() -> None:
         f"ECE sct/scANVI {rows['sct']['ece'] / rows['scanvi']['ece']:.2f}"
     )
     print(f"mapping a {args.n_speed}-cell lot onto a built bundle: {speed['seconds']:.1f}s")
+    print("sc_celltherapy per fold: unassigned in-reference cells / threshold / held-out cells")
+    for p, f in per_fold["sct"].items():
+        print(
+            f"  {p}: {f['unassigned_in_reference_cells']:.3f} / {f['oor_threshold']:.3f} / "
+            f"{f['n_held_out_cells']} ({', '.join(f['held_out_batches'] or [])})"
+        )
     path = write_json(
         "mapping",
         {

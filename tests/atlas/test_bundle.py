@@ -16,6 +16,7 @@ from sc_celltherapy.atlas._bundle import (
     expected_calibration_error,
     fit_calibration,
     manifest_digest,
+    oor_threshold,
 )
 
 
@@ -30,9 +31,13 @@ def test_demo_bundle_contents(demo_bundle):
     # one reference batch: the held-out cells still go through surgery, as every lot does
     held = m["calibration"]["held_out"]
     assert held == {"cells_per_label": 0.2, "mapped_by": "scArches surgery (as a new batch)"}
-    # held-out cells sit about as far from their neighbours as reference cells do: the 99th
-    # percentile of the ratio is above 1, but not many times above
+    # held-out cells sit about as far from their neighbours as reference cells do: the 99%
+    # threshold of the ratio is above 1, but not many times above
     assert m["oor"]["method"] == "local outlier ratio" and 1 < m["oor"]["threshold"] < 5
+    # 142 held-out cells (20% of each label, rounded): the conformal rank is the 142nd of 142,
+    # which guarantees 1/143
+    assert m["oor"]["n_held_out_cells"] == m["n_cells"]["held_out"] == 142
+    assert m["oor"]["fpr_bound"] == pytest.approx(1 / 143)
     assert set(m["files"]) == {"model/model.pt", "reference_latent.npz"}
     assert all(len(h) == 64 for h in m["files"].values())
 
@@ -136,3 +141,24 @@ def test_temperature_scaling_fixes_overconfidence():
     assert cal["ece_uncalibrated"] > 0.1
     assert cal["ece_calibrated"] < 0.03
     assert expected_calibration_error(true_p, y) < 0.03
+
+
+def test_conformal_oor_threshold_keeps_its_false_positive_bound():
+    """Known truth: reference scores and new in-reference cells from one distribution. Over many
+    draws of 150 held-out cells, new cells above the threshold stay at or under the 1% bound
+    (exact mean: 1/151), where the plain 99th percentile lets through more than 1%."""
+    rng = np.random.default_rng(0)
+    conformal, plain = [], []
+    for _ in range(2000):
+        held, new = rng.lognormal(size=150), rng.lognormal(size=2000)
+        threshold, bound = oor_threshold(held, 0.99)
+        conformal.append(np.mean(new > threshold))
+        plain.append(np.mean(new > np.quantile(held, 0.99)))
+    assert bound == pytest.approx(1 / 151)
+    assert np.mean(conformal) == pytest.approx(1 / 151, abs=0.001)
+    assert np.mean(plain) > 0.011
+    # enough cells for the level: rank ceil(1001 * 0.99) = 991 of 1000, bound 10/1001 <= 1%
+    scores = np.arange(1, 1001, dtype=float)
+    assert oor_threshold(scores, 0.99) == (991.0, pytest.approx(10 / 1001))
+    with pytest.raises(sct.InputError, match="No held-out reference cell"):
+        oor_threshold(np.array([]), 0.99)

@@ -115,8 +115,20 @@ def predict_probs(model, adata: AnnData, labels: list[str]) -> np.ndarray:
 
 
 def surgery_epochs(n_cells: int) -> int:
-    """Surgery epochs for a lot of ``n_cells``: about 200k cell passes, between 10 and 50."""
-    return max(10, min(50, 200_000 // max(n_cells, 1)))
+    """Surgery epochs for a lot of ``n_cells``: about 100k cell passes, between 10 and 50.
+
+    10 epochs is scvi-tools' own ceiling for training a pretrained model. Measured on 10,000
+    cells resampled from CAR-T patient P01, mapped onto the other four patients: accuracy 0.778,
+    0.777 and 0.777 after 5, 10 and 20 epochs, while time grows with the epochs.
+    """
+    return max(10, min(50, 100_000 // max(n_cells, 1)))
+
+
+def surgery_batch_size(n_cells: int) -> int:
+    """Minibatch of surgery: 128 (scvi-tools' default) for small lots, about 20 steps per epoch
+    for large ones (at most 1024): a step's fixed overhead dominates small batches on a CPU.
+    On the lot above, 20 epochs at 128, 512 and 1024 gave accuracy 0.777, 0.777 and 0.778."""
+    return int(min(1024, max(128, n_cells // 20)))
 
 
 def map_query(query: AnnData, reference, *, train: bool, max_epochs: int, seed: int):
@@ -137,6 +149,7 @@ def map_query(query: AnnData, reference, *, train: bool, max_epochs: int, seed: 
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             model.train(
                 max_epochs=max_epochs,
+                batch_size=surgery_batch_size(query.n_obs),
                 train_size=1.0,
                 plan_kwargs={"weight_decay": 0.0},
                 **_trainer_kwargs(),

@@ -14,7 +14,7 @@ from ._bundle import BundleError, ReferenceBundle, verify
 from ._manifests import list_manifests
 
 DEMO_NAME = "pbmc_demo"
-DEMO_VERSION = "1.2"  # with the manifest; a new bundle format needs a new cache entry
+DEMO_VERSION = "1.3"  # with the manifest; a new bundle format needs a new cache entry
 
 
 def bundles_dir() -> Path:

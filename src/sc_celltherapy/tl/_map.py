@@ -51,7 +51,8 @@ def map_to_reference(
     layer
         Layer with raw counts; ``None`` uses ``.X``.
     max_epochs
-        Surgery epochs when new batches are trained (``None``: 10-50 by lot size).
+        Surgery epochs when new batches are trained (``None``: 10-50 by lot size, about 100k
+        cell passes).
     min_gene_overlap, warn_gene_overlap
         Gene-overlap limits (fractions of the reference's genes).
     seed
@@ -68,14 +69,21 @@ def map_to_reference(
     h5ad column names),
     ``adata.obs[f"{key_added}_oor_score"]`` (local outlier ratio: the mean latent distance to
     the 50 nearest reference cells over those cells' own spacing, divided by the build-time
-    threshold; higher is further from the reference, > 1 is beyond what 99% of held-out reference cells reach),
+    threshold; higher is further from the reference; > 1 is beyond the split-conformal 99%
+    quantile of held-out reference cells),
     ``adata.obs[f"{key_added}_unassigned"]`` (bool,
     score > 1) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap, settings,
     seed, whether surgery trained).
     """
     from ..atlas import load
     from ..atlas._bundle import UNLABELED, apply_temperature, local_outlier_ratio
-    from ..atlas._model import accelerator, map_query, predict_probs, surgery_epochs
+    from ..atlas._model import (
+        accelerator,
+        map_query,
+        predict_probs,
+        surgery_batch_size,
+        surgery_epochs,
+    )
 
     check_lot(adata, layer=layer, batch_key=batch_key)
     bundle = load(reference)
@@ -124,9 +132,11 @@ def map_to_reference(
             "oor_method": oor["method"],
             "oor_threshold": oor["threshold"],
             "oor_quantile": oor["quantile"],
+            "oor_fpr_bound": oor["fpr_bound"],
             "surgery_trained": bool(new_batches),
             "new_batches": new_batches,
             "max_epochs": epochs if new_batches else 0,
+            "batch_size": surgery_batch_size(adata.n_obs) if new_batches else 0,
             "batch_key": batch_key,
             "seed": seed,
             "accelerator": accelerator(),
