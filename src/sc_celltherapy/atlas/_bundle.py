@@ -125,8 +125,9 @@ def build(
     calibration error before and after by two-fold cross-fitting) and their local outlier ratio
     in the latent space (mean distance to the 50 nearest training cells over those cells' own
     spacing), whose split-conformal 99% quantile becomes the out-of-reference threshold (a cell
-    exchangeable with the held-out ones is called unassigned with probability at most 1%). The model in the bundle is then
-    trained on all cells, and the temperature and threshold carried over to it.
+    exchangeable with the held-out ones is called unassigned with probability at most 1%). The
+    model in the bundle is then trained on all cells, and the temperature and threshold carried
+    over to it.
 
     Parameters
     ----------
@@ -192,7 +193,12 @@ def build(
             if not held_batches:
                 held.obs[batch_key] = pd.Categorical([HELD_OUT_BATCH] * held.n_obs)
             held_model = _model.map_query(
-                held, cal_model, train=True, max_epochs=_model.surgery_epochs(held.n_obs), seed=seed
+                held,
+                cal_model,
+                train=True,
+                max_epochs=_model.surgery_epochs(held.n_obs),
+                batch_size=_model.surgery_batch_size(held.n_obs),
+                seed=seed,
             )
         else:
             held_model = cal_model

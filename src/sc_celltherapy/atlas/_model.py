@@ -131,7 +131,9 @@ def surgery_batch_size(n_cells: int) -> int:
     return int(min(1024, max(128, n_cells // 20)))
 
 
-def map_query(query: AnnData, reference, *, train: bool, max_epochs: int, seed: int):
+def map_query(
+    query: AnnData, reference, *, train: bool, max_epochs: int, batch_size: int, seed: int
+):
     """scArches surgery: load the query onto the reference model (a model directory or a
     trained SCANVI, which is left unchanged). Only batch-specific weights are trained, and only
     when the query brings batches the reference has not seen; otherwise the reference encoder
@@ -149,7 +151,7 @@ def map_query(query: AnnData, reference, *, train: bool, max_epochs: int, seed: 
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             model.train(
                 max_epochs=max_epochs,
-                batch_size=surgery_batch_size(query.n_obs),
+                batch_size=batch_size,
                 train_size=1.0,
                 plan_kwargs={"weight_decay": 0.0},
                 **_trainer_kwargs(),

@@ -96,9 +96,15 @@ def map_to_reference(
     query = _query_anndata(adata, layer, query_cols, ref_genes, manifest, batch_key, UNLABELED)
     new_batches = _new_batches(query, manifest)
     epochs = max_epochs if max_epochs is not None else surgery_epochs(adata.n_obs)
+    batch_size = surgery_batch_size(adata.n_obs)
     with timed(f"mapping {adata.n_obs} cells onto {bundle.name}"):
         model = map_query(
-            query, str(bundle.model_dir), train=bool(new_batches), max_epochs=epochs, seed=seed
+            query,
+            str(bundle.model_dir),
+            train=bool(new_batches),
+            max_epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
         )
         latent = model.get_latent_representation(query)
         labels = list(manifest["labels"])
@@ -136,7 +142,7 @@ def map_to_reference(
             "surgery_trained": bool(new_batches),
             "new_batches": new_batches,
             "max_epochs": epochs if new_batches else 0,
-            "batch_size": surgery_batch_size(adata.n_obs) if new_batches else 0,
+            "batch_size": batch_size if new_batches else 0,
             "batch_key": batch_key,
             "seed": seed,
             "accelerator": accelerator(),
