@@ -8,7 +8,10 @@ calibration error (ECE, 15 bins, of the confidence each method reports for its c
 out-of-reference (OOR) call each fold is run again with ``CD8 gdT`` removed from the reference;
 the AUROC of each method's OOR score for the query's CD8 gdT cells against the rest is measured
 (sc_celltherapy: ``sct_ref_oor_score``; the others, and our own max-probability baseline: one
-minus the top probability). CD8 gdT cells are close to the CD8 TEM cells in expression (TRDC is
+minus the top probability). The AUROC is reported pooled over the five folds (each fold's
+scores come from its own bundle, so the pooled figure also asks that a score mean the same in
+every bundle; most CD8 gdT cells are patient P02's) and per fold with CD8 gdT cells on both sides
+of the query. CD8 gdT cells are close to the CD8 TEM cells in expression (TRDC is
 detected in 3% of them), so a second out-of-reference test uses cells of another lineage: the
 unsorted marrow sample of patient P01 is mapped onto the P01 fold's reference (T cells only), and
 the AUROC is of its myeloid / erythroid / B cells (CD3D, CD3E and NKG7 not detected; LYZ and
@@ -18,7 +21,8 @@ bundle.
 
 Run: ``python benchmarks/mapping.py [--celltypist-python /path/to/venv/bin/python]``. Every method
 runs in its own process (peak memory is its own). Prints one table, writes
-``benchmarks/results/mapping.json``.
+``benchmarks/results/mapping.json`` and every query cell's truth, patient, predictions and
+scores to ``benchmarks/results/mapping_cells.npz`` (other metrics need no rerun).
 """
 
 from __future__ import annotations
@@ -170,7 +174,7 @@ def main() -> None:
     rows, per_fold = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        folds, truth, _ = write_folds(work, args.patients)
+        folds, truth, patient = write_folds(work, args.patients)
         runs = {m: {c: {} for c in ("full", "no_gdT")} for m in METHODS}
         for p in args.patients:
             for cond in ("full", "no_gdT"):
@@ -203,10 +207,11 @@ def main() -> None:
         print(f"  mapping {args.n_speed} cells: {speed['seconds']:.1f}s", flush=True)
 
     queried = np.any(list(folds.values()), axis=0)  # every cell when all five folds ran
-    truth = truth[queried]
+    truth, patient = truth[queried], patient[queried]
     folds = {p: f[queried] for p, f in folds.items()}
     labels = sorted(set(truth))
     is_oor = truth == OOR_LABEL
+    cells = {"truth": truth.astype(str), "patient": patient.astype(str)}
     for m in METHODS:
         full = pooled(runs[m]["full"], folds, truth.size)
         excl = pooled(runs[m]["no_gdT"], folds, truth.size)
@@ -217,8 +222,19 @@ def main() -> None:
             "ece": ece(full["conf"], correct),
             "oor_auroc": roc_auc_score(is_oor, excl["score"]),
             "oor_auroc_max_prob": roc_auc_score(is_oor, 1 - excl["conf"]),
+            "oor_auroc_per_fold": {
+                p: roc_auc_score(is_oor[f], excl["score"][f])
+                for p, f in folds.items()
+                if 0 < is_oor[f].sum() < f.sum()
+            },
             "seconds": sum(r["seconds"] for r in runs[m]["full"].values()),
             "peak_mb": max(r["peak_mb"] for r in runs[m]["full"].values()),
+        }
+        cells |= {
+            f"{m}_pred": full["pred"],
+            f"{m}_conf": full["conf"],
+            f"{m}_oor_score_no_gdT": excl["score"],
+            f"{m}_conf_no_gdT": excl["conf"],
         }
         fp = foreign[m]["predictions"]
         scored = foreign_truth >= 0
@@ -254,6 +270,7 @@ def main() -> None:
                     if (folds[p] & is_oor).any()
                     else None,
                     "oor_threshold": oor["threshold"],
+                    "oor_threshold_no_gdT": runs[m]["no_gdT"][p]["oor"]["threshold"],
                     "oor_fpr_bound": oor["fpr_bound"],
                     "n_held_out_cells": oor["n_held_out_cells"],
                     "held_out_batches": runs[m]["full"][p]["calibration"]["held_out"].get(
@@ -281,6 +298,10 @@ def main() -> None:
         f"ECE sct/scANVI {rows['sct']['ece'] / rows['scanvi']['ece']:.2f}"
     )
     print(f"mapping a {args.n_speed}-cell lot onto a built bundle: {speed['seconds']:.1f}s")
+    print(f"OOR AUROC per fold ({OOR_LABEL} cells in the query):")
+    for p in rows["sct"]["oor_auroc_per_fold"]:
+        aucs = "  ".join(f"{names[m]} {rows[m]['oor_auroc_per_fold'][p]:.3f}" for m in METHODS)
+        print(f"  {p} ({int(is_oor[folds[p]].sum())}): {aucs}")
     print("sc_celltherapy per fold: unassigned in-reference cells / threshold / held-out cells")
     for p, f in per_fold["sct"].items():
         print(
@@ -312,7 +333,8 @@ def main() -> None:
             "machine": machine(),
         },
     )
-    print(f"wrote {path}")
+    np.savez_compressed(path.with_name("mapping_cells.npz"), **cells)
+    print(f"wrote {path} and mapping_cells.npz")
 
 
 if __name__ == "__main__":

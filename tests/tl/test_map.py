@@ -31,6 +31,10 @@ def test_cart_product_maps_to_t_cells(mapped_product):
     # GRCh38-2020 product annotation renamed: 92.3% overlap, measured
     assert rec["gene_overlap"] == pytest.approx(706 / 765, abs=1e-9)
     assert mapped_product.obsm["X_sct_ref"].shape == (mapped_product.n_obs, 10)
+    # the score is the raw ratio; the bundle's threshold is the decision
+    np.testing.assert_array_equal(
+        obs["sct_ref_unassigned"], obs["sct_ref_oor_score"] > rec["oor_threshold"]
+    )
 
 
 def test_mapping_is_deterministic(demo_bundle):
@@ -40,6 +44,8 @@ def test_mapping_is_deterministic(demo_bundle):
     sct.tl.map_to_reference(b, demo_bundle, seed=0)
     np.testing.assert_array_equal(a.obsm["X_sct_ref"], b.obsm["X_sct_ref"])
     np.testing.assert_array_equal(a.obs["sct_ref_oor_score"], b.obs["sct_ref_oor_score"])
+    # reference cells mapped back sit inside the reference: a local outlier ratio about 1
+    assert 0.7 < np.median(a.obs["sct_ref_oor_score"]) < 1.1
 
 
 def test_low_gene_overlap_refused(demo_bundle):

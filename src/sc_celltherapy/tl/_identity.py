@@ -30,7 +30,7 @@ def identity_score(
 
     With a mapped reference (:func:`map_to_reference`), the identity score is the calibrated
     probability of the target's reference labels, shrunk beyond the out-of-reference threshold
-    (times ``min(1, 1 / oor_score)``); the class is the identity (target, each off-target or
+    (times ``min(1, threshold / oor_score)``); the class is the identity (target, each off-target or
     forbidden identity, or each other reference label when no profile is given) whose labels
     hold the most probability, or ``"unassigned"`` for cells out of the reference. Without a
     reference (hPSC products on a machine with no network), the profile's marker panels alone
@@ -218,7 +218,8 @@ def _from_reference(adata, reference_key, identities) -> tuple[np.ndarray, np.nd
         [probs[:, [labels.index(lab) for lab in i["reference_labels"]]].sum(axis=1) for i in scored]
     )
     oor = adata.obs[f"{reference_key}_oor_score"].to_numpy(dtype=np.float64)
-    in_reference = np.minimum(1.0, 1.0 / np.maximum(oor, 1e-12))
+    threshold = float(adata.uns[reference_key]["oor_threshold"])
+    in_reference = np.minimum(1.0, threshold / np.maximum(oor, 1e-12))
     target_prob = by_identity[:, 0] if scored and scored[0] is identities[0] else 0.0
     score = np.clip(target_prob * in_reference, 0, 1)
     names = np.array([i.get("name_in_class", i["name"]) for i in scored], dtype=object)

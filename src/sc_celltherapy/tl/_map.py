@@ -68,11 +68,11 @@ def map_to_reference(
     ``adata.uns[key_added]["labels"]``: an array, as labels such as "CD4+/CD25 T Reg" cannot be
     h5ad column names),
     ``adata.obs[f"{key_added}_oor_score"]`` (local outlier ratio: the mean latent distance to
-    the 50 nearest reference cells over those cells' own spacing, divided by the build-time
-    threshold; higher is further from the reference; > 1 is beyond the split-conformal 99%
-    quantile of held-out reference cells),
-    ``adata.obs[f"{key_added}_unassigned"]`` (bool,
-    score > 1) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap, settings,
+    the 50 nearest reference cells over those cells' own spacing; about 1 inside the reference,
+    higher is further from it, and the same scale for every bundle),
+    ``adata.obs[f"{key_added}_unassigned"]`` (bool: score above the bundle's threshold,
+    ``adata.uns[key_added]["oor_threshold"]``, the split-conformal 99% quantile of held-out
+    reference cells) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap, settings,
     seed, whether surgery trained).
     """
     from ..atlas import load
@@ -115,14 +115,15 @@ def map_to_reference(
         oor = manifest["oor"]
         best = probs.argmax(axis=1)
         ratio = local_outlier_ratio(ref_latent, latent, bundle.reference_spacing(), k=oor["k"])
-        score = ratio / oor["threshold"]
 
-    unassigned = score > 1.0
+    # the raw ratio, not ratio / threshold: scores stay comparable between bundles (each has its
+    # own threshold) and the threshold stays a decision, recorded in uns
+    unassigned = ratio > oor["threshold"]
     adata.obsm[f"X_{key_added}"] = latent.astype(np.float32)
     adata.obs[f"{key_added}_label"] = pd.Categorical(np.asarray(labels)[best], categories=labels)
     adata.obs[f"{key_added}_prob"] = probs[np.arange(adata.n_obs), best]
     adata.obsm[f"{key_added}_probs"] = probs
-    adata.obs[f"{key_added}_oor_score"] = score
+    adata.obs[f"{key_added}_oor_score"] = ratio
     adata.obs[f"{key_added}_unassigned"] = unassigned
     adata.uns[key_added] = uns_safe(
         {
