@@ -30,8 +30,8 @@ def identity_score(
 
     With a mapped reference (:func:`map_to_reference`), the identity score is the calibrated
     probability of the target's reference labels, shrunk beyond the out-of-reference threshold
-    (times ``min(1, threshold / oor_score)``); the class is the identity (target, each off-target or
-    forbidden identity, or each other reference label when no profile is given) whose labels
+    (times ``min(1, threshold / oor_score)``); the class is the identity (target, each off-target
+    or forbidden identity, or each other reference label when no profile is given) whose labels
     hold the most probability, or ``"unassigned"`` for cells out of the reference. Without a
     reference (hPSC products on a machine with no network), the profile's marker panels alone
     classify cells (each identity's panel score from within-cell ranks, as AUCell and

@@ -72,8 +72,8 @@ def map_to_reference(
     higher is further from it, and the same scale for every bundle),
     ``adata.obs[f"{key_added}_unassigned"]`` (bool: score above the bundle's threshold,
     ``adata.uns[key_added]["oor_threshold"]``, the split-conformal 99% quantile of held-out
-    reference cells) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap, settings,
-    seed, whether surgery trained).
+    reference cells) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap,
+    settings, seed, whether surgery trained).
     """
     from ..atlas import load
     from ..atlas._bundle import UNLABELED, apply_temperature, local_outlier_ratio
