@@ -159,6 +159,23 @@ def pooled(runs: dict, folds: dict, n: int) -> dict:
     return {"pred": pred.astype(str), "conf": conf, "score": score, "unassigned": unassigned}
 
 
+def auroc_interval(is_pos: np.ndarray, score: np.ndarray, n_boot: int = 2000) -> list[float]:
+    """95% bootstrap interval of an AUROC, cells resampled within each class. Cells of one
+    patient are not independent, so the true uncertainty is wider than this."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(SEED)
+    pos, neg = np.flatnonzero(is_pos), np.flatnonzero(~is_pos)
+    boot = [
+        roc_auc_score(is_pos[i], score[i])
+        for i in (
+            np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+            for _ in range(n_boot)
+        )
+    ]
+    return [float(x) for x in np.percentile(boot, [2.5, 97.5])]
+
+
 def main() -> None:
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
@@ -221,6 +238,7 @@ def main() -> None:
             "macro_f1": f1_score(truth, full["pred"], labels=labels, average="macro"),
             "ece": ece(full["conf"], correct),
             "oor_auroc": roc_auc_score(is_oor, excl["score"]),
+            "oor_auroc_ci95": auroc_interval(is_oor, excl["score"]),
             "oor_auroc_max_prob": roc_auc_score(is_oor, 1 - excl["conf"]),
             "oor_auroc_per_fold": {
                 p: roc_auc_score(is_oor[f], excl["score"][f])
@@ -298,6 +316,13 @@ def main() -> None:
         f"ECE sct/scANVI {rows['sct']['ece'] / rows['scanvi']['ece']:.2f}"
     )
     print(f"mapping a {args.n_speed}-cell lot onto a built bundle: {speed['seconds']:.1f}s")
+    print(
+        "OOR AUROC, 95% bootstrap interval over cells: "
+        + ", ".join(
+            f"{names[m]} [{r['oor_auroc_ci95'][0]:.3f}, {r['oor_auroc_ci95'][1]:.3f}]"
+            for m, r in rows.items()
+        )
+    )
     print(f"OOR AUROC per fold ({OOR_LABEL} cells in the query):")
     for p in rows["sct"]["oor_auroc_per_fold"]:
         aucs = "  ".join(f"{names[m]} {rows[m]['oor_auroc_per_fold'][p]:.3f}" for m in METHODS)
