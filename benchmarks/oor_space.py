@@ -28,6 +28,7 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,9 @@ def scvi_latents(ref, query, genes, epochs: int, seed: int) -> tuple[np.ndarray,
     ref, query = ref[:, genes].copy(), query[:, genes].copy()
     for a in (ref, query):
         a.obs = a.obs[[BATCH_KEY]].astype("category")
-    with _model.quiet_training():
+    with _model.quiet_training(), warnings.catch_warnings():
+        # surgery trains without dropout on purpose (as in _model.map_query)
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         scvi.settings.seed = seed
         scvi.model.SCVI.setup_anndata(ref, batch_key=BATCH_KEY)
         vae = scvi.model.SCVI(ref, n_latent=N_LATENT, n_layers=N_LAYERS, **_model.ARCHES_PARAMS)
