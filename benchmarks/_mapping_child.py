@@ -31,16 +31,17 @@ ARCHES = {
 }
 
 
-def ours(ref, query, workdir: Path, seed: int, epochs: int) -> dict:
+def build_bundle(ref, out_dir: Path, seed: int, epochs: int):
+    """Our bundle with the benchmark's model settings (also used by oor_space.py)."""
     import sc_celltherapy as sct
 
-    bundle = sct.atlas.build(
+    return sct.atlas.build(
         ref,
         labels_key=LABELS_KEY,
         batch_key=BATCH_KEY,
         name="bench",
         version="0",
-        out_dir=workdir / "bundle",
+        out_dir=out_dir,
         n_hvg=N_HVG,
         n_latent=N_LATENT,
         n_layers=N_LAYERS,
@@ -48,6 +49,12 @@ def ours(ref, query, workdir: Path, seed: int, epochs: int) -> dict:
         scanvi_max_epochs=SCANVI_EPOCHS,
         seed=seed,
     )
+
+
+def ours(ref, query, workdir: Path, seed: int, epochs: int) -> dict:
+    import sc_celltherapy as sct
+
+    bundle = build_bundle(ref, workdir / "bundle", seed, epochs)
     sct.tl.map_to_reference(query, bundle, batch_key=BATCH_KEY, seed=seed)
     return {
         "labels": np.asarray(query.uns["sct_ref"]["labels"], dtype=str),

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, shared_data, write_json  # noqa: E402
-from _mapping_child import BATCH_KEY, LABELS_KEY, N_HVG, N_LATENT, N_LAYERS, SCANVI_EPOCHS  # noqa: E402
+from _mapping_child import BATCH_KEY, LABELS_KEY, N_LATENT, N_LAYERS, build_bundle  # noqa: E402
 
 SEED = 0
 K = 50  # the bundle's OOR_K
@@ -105,20 +105,7 @@ def run_case(cells, patient, left_out, work: Path, epochs: int) -> dict:
 
     ref, query = fold(cells, patient, left_out)
     is_out = (query.obs[LABELS_KEY] == left_out).to_numpy()
-    bundle = sct.atlas.build(
-        ref,
-        labels_key=LABELS_KEY,
-        batch_key=BATCH_KEY,
-        name="oor-space",
-        version="0",
-        out_dir=work / f"{patient}_{left_out.replace(' ', '_')}",
-        n_hvg=N_HVG,
-        n_latent=N_LATENT,
-        n_layers=N_LAYERS,
-        max_epochs=epochs,
-        scanvi_max_epochs=SCANVI_EPOCHS,
-        seed=SEED,
-    )
+    bundle = build_bundle(ref, work / f"{patient}_{left_out.replace(' ', '_')}", SEED, epochs)
     mapped = query.copy()
     sct.tl.map_to_reference(mapped, bundle, batch_key=BATCH_KEY, seed=SEED)
 
