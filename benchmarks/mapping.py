@@ -46,26 +46,39 @@ MIN_LABEL_CELLS = 5
 METHODS = ["sct", "scanvi", "celltypist"]
 
 
-def write_folds(work: Path, patients: list[str]) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Reference and query files of every fold; returns paths, truth and patient per cell."""
+def labelled_cells():
+    """The labelled CAR-T cells, obs reduced to patient and label (as strings)."""
     import anndata as ad
 
     cells = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
     cells.var_names_make_unique()
     cells.obs = cells.obs[["Patient", "CellType1"]].astype(str)
+    return cells
+
+
+def fold(cells, patient: str, left_out: str | None = None):
+    """Patient ``patient``'s fold: the reference (the other patients' cells, without
+    ``left_out``) and which cells are the query."""
+    in_query = (cells.obs["Patient"] == patient).to_numpy()
+    ref = cells[~in_query]
+    # every method gets the same reference; labels too rare to learn (< 5 cells in this
+    # fold's reference, e.g. CD4 Naive/TCM) are dropped for all of them, and their query
+    # cells count as errors for every method
+    counts = ref.obs["CellType1"].value_counts()
+    keep = ref.obs["CellType1"].isin(counts.index[counts >= MIN_LABEL_CELLS])
+    if left_out is not None:
+        keep &= ref.obs["CellType1"] != left_out
+    return ref[keep.to_numpy()].copy(), in_query
+
+
+def write_folds(work: Path, patients: list[str]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Reference and query files of every fold; returns paths, truth and patient per cell."""
+    cells = labelled_cells()
     folds = {}
     for p in patients:
-        in_query = (cells.obs["Patient"] == p).to_numpy()
-        ref = cells[~in_query]
-        # every method gets the same reference; labels too rare to learn (< 5 cells in this
-        # fold's reference, e.g. CD4 Naive/TCM) are dropped for all of them, and their query
-        # cells count as errors for every method
-        counts = ref.obs["CellType1"].value_counts()
-        ref = ref[ref.obs["CellType1"].isin(counts.index[counts >= MIN_LABEL_CELLS]).to_numpy()]
-        for cond, keep in (("full", np.ones(ref.n_obs, bool)), ("no_gdT", None)):
-            if keep is None:
-                keep = (ref.obs["CellType1"] != OOR_LABEL).to_numpy()
-            ref[keep].copy().write_h5ad(work / f"ref_{p}_{cond}.h5ad")
+        for cond, left_out in (("full", None), ("no_gdT", OOR_LABEL)):
+            ref, in_query = fold(cells, p, left_out)
+            ref.write_h5ad(work / f"ref_{p}_{cond}.h5ad")
         cells[in_query].copy().write_h5ad(work / f"query_{p}.h5ad")
         folds[p] = in_query
     return folds, cells.obs["CellType1"].to_numpy(), cells.obs["Patient"].to_numpy()

@@ -34,24 +34,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, shared_data, write_json  # noqa: E402
+from _common import machine, write_json  # noqa: E402
 from _mapping_child import BATCH_KEY, LABELS_KEY, N_LATENT, N_LAYERS, build_bundle  # noqa: E402
+from mapping import fold, labelled_cells  # noqa: E402
 
 SEED = 0
 K = 50  # the bundle's OOR_K
 N_PCS = 30
-MIN_LABEL_CELLS = 5  # as in mapping.py
 CASES = [("P02", "CD8 gdT"), ("P01", "CD8 gdT"), ("P03", "CD4 CTL"), ("P02", "CD4 TEM")]
 SCORES = ["scANVI latent (ours)", "scVI latent", f"expression PCA{N_PCS}", "1 - max prob"]
-
-
-def fold(cells, patient: str, left_out: str):
-    """Reference (other patients, without ``left_out`` and labels under 5 cells) and query."""
-    in_query = (cells.obs["Patient"] == patient).to_numpy()
-    ref = cells[~in_query & (cells.obs[LABELS_KEY] != left_out).to_numpy()]
-    counts = ref.obs[LABELS_KEY].value_counts()
-    ref = ref[ref.obs[LABELS_KEY].isin(counts.index[counts >= MIN_LABEL_CELLS]).to_numpy()]
-    return ref.copy(), cells[in_query].copy()
 
 
 def scvi_latents(ref, query, genes, epochs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +84,8 @@ def pca_coordinates(ref, query, genes) -> tuple[np.ndarray, np.ndarray]:
         sc.pp.log1p(a)
         return a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
 
-    pca = PCA(n_components=N_PCS, random_state=SEED).fit(lognorm(ref))
-    return pca.transform(lognorm(ref)), pca.transform(lognorm(query))
+    pca = PCA(n_components=N_PCS, random_state=SEED)
+    return pca.fit_transform(lognorm(ref)), pca.transform(lognorm(query))
 
 
 def run_case(cells, patient, left_out, work: Path, epochs: int) -> dict:
@@ -103,7 +94,8 @@ def run_case(cells, patient, left_out, work: Path, epochs: int) -> dict:
     import sc_celltherapy as sct
     from sc_celltherapy.atlas._bundle import local_outlier_ratio, reference_spacing
 
-    ref, query = fold(cells, patient, left_out)
+    ref, in_query = fold(cells, patient, left_out)
+    query = cells[in_query].copy()
     is_out = (query.obs[LABELS_KEY] == left_out).to_numpy()
     bundle = build_bundle(ref, work / f"{patient}_{left_out.replace(' ', '_')}", SEED, epochs)
     mapped = query.copy()
@@ -132,15 +124,12 @@ def run_case(cells, patient, left_out, work: Path, epochs: int) -> dict:
 
 
 def main() -> None:
-    import anndata as ad
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--max-epochs", type=int, default=100, help="scVI epochs (bundle and scVI)")
     args = parser.parse_args()
 
-    cells = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
-    cells.var_names_make_unique()
-    cells.obs = cells.obs[[BATCH_KEY, LABELS_KEY]].astype(str)
+    cells = labelled_cells()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for patient, left_out in CASES:
