@@ -79,6 +79,22 @@ def run_child(module: str, *args: str, python: str | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def code_digest() -> str:
+    """sha256 over the package, its manifests and the benchmark scripts: which code a saved
+    benchmark run came from, so that a resumed run never mixes results of different code."""
+    import hashlib
+
+    files = sorted(
+        p
+        for pattern in ("src/**/*.py", "reference_atlases/**/*.yaml", "benchmarks/*.py")
+        for p in REPO.glob(pattern)
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
