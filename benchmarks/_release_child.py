@@ -68,7 +68,7 @@ def run_peer(lot: Path, bundle: Path, out: Path, seed: int) -> dict:
     query.obs[manifest["labels_key"]] = "Unknown"
     if manifest.get("batch_key"):
         query.obs[manifest["batch_key"]] = "query_lot"
-    model_dir = bundle / "model"
+    model_dir = bundle / "models" / "0"  # the bundle's first ensemble member: one scANVI model
     scvi.model.SCANVI.prepare_query_anndata(query, str(model_dir))
     scvi.settings.seed = seed
     model = scvi.model.SCANVI.load_query_data(query, str(model_dir), accelerator="cpu")

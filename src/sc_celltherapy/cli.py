@@ -177,6 +177,9 @@ def _add_atlas_commands(sub) -> None:
     b.add_argument("--out", type=Path, required=True, help="bundle directory (must not exist)")
     b.add_argument("--batch-key", default=None, help=".obs column of donors / runs")
     b.add_argument("--max-epochs", type=int, default=None, help="scVI epochs (default: heuristic)")
+    b.add_argument(
+        "--n-members", type=int, default=None, help="models in the seed ensemble (default 3)"
+    )
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_cmd_atlas_build)
     f = cmds.add_parser(
@@ -286,6 +289,7 @@ def _cmd_atlas_build(args: argparse.Namespace) -> None:
         out_dir=args.out,
         max_epochs=args.max_epochs,
         seed=args.seed,
+        **({} if args.n_members is None else {"n_members": args.n_members}),
     )
     cal = bundle.manifest["calibration"]
     print(
@@ -339,7 +343,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(
         "  (the embedded reference is built from the same cells: this shows the chain, not accuracy)\n"
     )
-    print("Reference pbmc_demo: verified, or built on first use (about 1-2 minutes) and cached\n")
+    print("Reference pbmc_demo: verified, or built on first use (about 2 minutes) and cached\n")
     # the demo lot has no CAR transgene feature; the example spec is otherwise the profile's
     spec = dataclasses.replace(release.Spec.from_profile("car_t_demo"), transgene_features=())
     with tempfile.TemporaryDirectory() as tmp:

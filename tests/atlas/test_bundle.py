@@ -33,13 +33,18 @@ def test_demo_bundle_contents(demo_bundle):
     assert held == {"cells_per_label": 0.2, "mapped_by": "scArches surgery (as a new batch)"}
     # held-out cells sit about as far from their neighbours as reference cells do: the 99%
     # threshold of the ratio is above 1, but not many times above
-    assert m["oor"]["method"] == "local outlier ratio" and 1 < m["oor"]["threshold"] < 5
+    assert m["oor"]["method"].startswith("local outlier ratio") and 1 < m["oor"]["threshold"] < 5
     # 142 held-out cells (20% of each label, rounded): the conformal rank is the 142nd of 142,
     # which guarantees 1/143
     assert m["oor"]["n_held_out_cells"] == m["n_cells"]["held_out"] == 142
     assert m["oor"]["fpr_bound"] == pytest.approx(1 / 143)
-    assert set(m["files"]) == {"model/model.pt", "reference_latent.npz"}
+    # the demo reference is one model (its manifest keeps the first-use build short)
+    assert m["model"]["n_members"] == 1 and m["model"]["member_seeds"] == [0]
+    assert set(m["files"]) == {"models/0/model.pt", "reference_latent.npz"}
     assert all(len(h) == 64 for h in m["files"].values())
+    latent, labels = demo_bundle.reference_latent()
+    assert latent.shape == (1, 700, 10) and labels.shape == (700,)
+    assert demo_bundle.reference_spacing().shape == (1, 700)
 
 
 def test_calibration_holds_out_whole_batches():
@@ -83,8 +88,8 @@ def test_changed_file_refused(bundle_copy):
 
 
 def test_missing_file_refused(bundle_copy):
-    (bundle_copy / "model" / "model.pt").unlink()
-    with pytest.raises(BundleError, match=r"missing file\(s\) \['model/model.pt'\]"):
+    (bundle_copy / "models" / "0" / "model.pt").unlink()
+    with pytest.raises(BundleError, match=r"missing file\(s\) \['models/0/model.pt'\]"):
         sct.atlas.load(bundle_copy)
 
 
@@ -125,6 +130,10 @@ def test_build_refuses_existing_dir_and_bad_labels(tmp_path):
         )
     with pytest.raises(sct.InputError, match="labels_key 'celltype' not found"):
         sct.atlas.build(ref, labels_key="celltype", name="x", version="1", out_dir=tmp_path / "b")
+    with pytest.raises(sct.InputError, match="n_members must be an integer from 1 to 10, got 0"):
+        sct.atlas.build(
+            ref, labels_key="cell_type", name="x", version="1", out_dir=tmp_path / "b", n_members=0
+        )
     assert not (tmp_path / "b").exists()
 
 
@@ -162,3 +171,36 @@ def test_conformal_oor_threshold_keeps_its_false_positive_bound():
     assert oor_threshold(scores, 0.99) == (991.0, pytest.approx(10 / 1001))
     with pytest.raises(sct.InputError, match="No held-out reference cell"):
         oor_threshold(np.array([]), 0.99)
+
+
+def test_ensemble_bundle_maps_with_every_member(tmp_path):
+    """A 2-member bundle (short training, real PBMC cells): each member is its own model with
+    its own latent space, and mapping averages them into one score and one probability table."""
+    ref = sct.datasets.pbmc_reference()
+    bundle = sct.atlas.build(
+        ref,
+        labels_key="cell_type",
+        batch_key="dataset",
+        name="ens",
+        version="1",
+        out_dir=tmp_path / "ens",
+        max_epochs=30,
+        scanvi_max_epochs=2,
+        n_members=2,
+        seed=3,
+    )
+    m = bundle.manifest
+    assert m["model"]["n_members"] == 2 and m["model"]["member_seeds"] == [3, 4]
+    assert set(m["files"]) == {"models/0/model.pt", "models/1/model.pt", "reference_latent.npz"}
+    latent, _ = bundle.reference_latent()
+    assert latent.shape == (2, 700, 10) and not np.allclose(latent[0], latent[1])
+    lot = ref[:200].copy()
+    sct.tl.map_to_reference(lot, bundle)
+    rec = lot.uns["sct_ref"]
+    assert rec["n_members"] == 2 and rec["oor_method"].endswith("mean over 2 ensemble member(s)")
+    # 100k cell passes shared by two members: 250 epochs each, capped at 50
+    assert rec["max_epochs"] == 50
+    np.testing.assert_allclose(lot.obsm["sct_ref_probs"].sum(axis=1), 1, atol=1e-6)
+    # reference cells mapped back sit inside the reference in both members' spaces
+    assert 0.7 < np.median(lot.obs["sct_ref_oor_score"]) < 1.2
+    assert lot.obsm["X_sct_ref"].shape == (200, 10)

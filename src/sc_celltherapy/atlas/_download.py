@@ -799,7 +799,7 @@ def build_from_manifest(
     -------
     The verified :class:`ReferenceBundle`.
     """
-    from ._bundle import build
+    from ._bundle import N_MEMBERS, build
     from ._registry import bundles_dir
 
     manifest = _as_manifest(name)
@@ -821,6 +821,7 @@ def build_from_manifest(
         if scanvi_max_epochs is not None
         else model["scanvi"]["max_epochs"],
         "species": manifest["species"],
+        "n_members": model.get("n_members", N_MEMBERS),
         "seed": seed if seed is not None else manifest["build"].get("seed", 0),
     }
     # settings sct.atlas.build does not expose: it always uses _BUILD_IMPLICIT; say so when a

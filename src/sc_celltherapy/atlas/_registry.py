@@ -14,7 +14,7 @@ from ._bundle import BundleError, ReferenceBundle, verify
 from ._manifests import list_manifests
 
 DEMO_NAME = "pbmc_demo"
-DEMO_VERSION = "1.3"  # with the manifest; a new bundle format needs a new cache entry
+DEMO_VERSION = "1.4"  # with the manifest; a new bundle format needs a new cache entry
 
 
 def bundles_dir() -> Path:
@@ -29,7 +29,7 @@ def load(name_or_path: str | os.PathLike | ReferenceBundle) -> ReferenceBundle:
     name_or_path
         A bundle directory, the name of a bundle in ``settings.cache_dir``, or ``"pbmc_demo"``:
         the embedded PBMC reference, built from :func:`sct.datasets.pbmc_reference` on first use
-        (about a minute on two CPU cores) and cached.
+        (about two minutes on two CPU cores) and cached.
 
     Returns
     -------

@@ -51,19 +51,21 @@ def map_to_reference(
     layer
         Layer with raw counts; ``None`` uses ``.X``.
     max_epochs
-        Surgery epochs when new batches are trained (``None``: 10-50 by lot size, about 100k
-        cell passes).
+        Surgery epochs of each ensemble member when new batches are trained (``None``: 5-50 by
+        lot size, about 100k cell passes over all members).
     min_gene_overlap, warn_gene_overlap
         Gene-overlap limits (fractions of the reference's genes).
     seed
-        Seed of surgery training (mapping is deterministic on CPU for a fixed seed).
+        Seed of surgery training (member i uses ``seed + i``; mapping is deterministic on CPU
+        for a fixed seed).
     key_added
         Prefix of the result keys.
 
     Returns
     -------
-    Nothing; adds ``adata.obsm[f"X_{key_added}"]`` (latent), ``adata.obs[f"{key_added}_label"]``,
-    ``adata.obs[f"{key_added}_prob"]`` (calibrated probability of that label),
+    Nothing; adds ``adata.obsm[f"X_{key_added}"]`` (latent of the bundle's first ensemble member),
+    ``adata.obs[f"{key_added}_label"]``, ``adata.obs[f"{key_added}_prob"]`` (calibrated
+    probability of that label; probabilities and scores average the bundle's members),
     ``adata.obsm[f"{key_added}_probs"]`` (all labels, calibrated; columns in the order of
     ``adata.uns[key_added]["labels"]``: an array, as labels such as "CD4+/CD25 T Reg" cannot be
     h5ad column names),
@@ -95,26 +97,32 @@ def map_to_reference(
 
     query = _query_anndata(adata, layer, query_cols, ref_genes, manifest, batch_key, UNLABELED)
     new_batches = _new_batches(query, manifest)
-    epochs = max_epochs if max_epochs is not None else surgery_epochs(adata.n_obs)
+    n_members = len(bundle.member_dirs)
+    epochs = max_epochs if max_epochs is not None else surgery_epochs(adata.n_obs, n_members)
     batch_size = surgery_batch_size(adata.n_obs)
-    with timed(f"mapping {adata.n_obs} cells onto {bundle.name}"):
-        model = map_query(
-            query,
-            str(bundle.model_dir),
-            train=bool(new_batches),
-            max_epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-        )
-        latent = model.get_latent_representation(query)
-        labels = list(manifest["labels"])
-        probs = apply_temperature(
-            predict_probs(model, query, labels), manifest["calibration"]["temperature"]
-        )
-        ref_latent, _ = bundle.reference_latent()
-        oor = manifest["oor"]
+    labels = list(manifest["labels"])
+    oor = manifest["oor"]
+    ref_latent, _ = bundle.reference_latent()
+    spacing = bundle.reference_spacing()
+    latents, probs, ratios = [], [], []
+    with timed(f"mapping {adata.n_obs} cells onto {bundle.name} ({n_members} member(s))"):
+        for i, model_dir in enumerate(bundle.member_dirs):
+            member_query = query.copy()  # surgery prepares and registers its query in place
+            model = map_query(
+                member_query,
+                str(model_dir),
+                train=bool(new_batches),
+                max_epochs=epochs,
+                batch_size=batch_size,
+                seed=seed + i,
+            )
+            latents.append(model.get_latent_representation(member_query))
+            probs.append(predict_probs(model, member_query, labels))
+            ratios.append(local_outlier_ratio(ref_latent[i], latents[i], spacing[i], k=oor["k"]))
+        probs = apply_temperature(np.mean(probs, axis=0), manifest["calibration"]["temperature"])
+        ratio = np.mean(ratios, axis=0)
         best = probs.argmax(axis=1)
-        ratio = local_outlier_ratio(ref_latent, latent, bundle.reference_spacing(), k=oor["k"])
+        latent = latents[0]
 
     # the raw ratio, not ratio / threshold: scores stay comparable between bundles (each has its
     # own threshold) and the threshold stays a decision, recorded in uns
@@ -137,6 +145,7 @@ def map_to_reference(
             "labels": labels,
             "calibration_temperature": manifest["calibration"]["temperature"],
             "oor_method": oor["method"],
+            "n_members": n_members,
             "oor_threshold": oor["threshold"],
             "oor_quantile": oor["quantile"],
             "oor_fpr_bound": oor["fpr_bound"],
