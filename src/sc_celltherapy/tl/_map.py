@@ -104,7 +104,7 @@ def map_to_reference(
     oor = manifest["oor"]
     ref_latent, _ = bundle.reference_latent()
     spacing = bundle.reference_spacing()
-    latents, probs, ratios = [], [], []
+    member_probs, member_ratios = [], []
     with timed(f"mapping {adata.n_obs} cells onto {bundle.name} ({n_members} member(s))"):
         for i, model_dir in enumerate(bundle.member_dirs):
             member_query = query.copy()  # surgery prepares and registers its query in place
@@ -116,13 +116,18 @@ def map_to_reference(
                 batch_size=batch_size,
                 seed=seed + i,
             )
-            latents.append(model.get_latent_representation(member_query))
-            probs.append(predict_probs(model, member_query, labels))
-            ratios.append(local_outlier_ratio(ref_latent[i], latents[i], spacing[i], k=oor["k"]))
-        probs = apply_temperature(np.mean(probs, axis=0), manifest["calibration"]["temperature"])
-        ratio = np.mean(ratios, axis=0)
+            member_latent = model.get_latent_representation(member_query)
+            if i == 0:  # the latent written out: one model's space, for neighbours and UMAPs
+                latent = member_latent
+            member_probs.append(predict_probs(model, member_query, labels))
+            member_ratios.append(
+                local_outlier_ratio(ref_latent[i], member_latent, spacing[i], k=oor["k"])
+            )
+        probs = apply_temperature(
+            np.mean(member_probs, axis=0), manifest["calibration"]["temperature"]
+        )
+        ratio = np.mean(member_ratios, axis=0)
         best = probs.argmax(axis=1)
-        latent = latents[0]
 
     # the raw ratio, not ratio / threshold: scores stay comparable between bundles (each has its
     # own threshold) and the threshold stays a decision, recorded in uns
