@@ -31,8 +31,9 @@ ARCHES = {
 }
 
 
-def build_bundle(ref, out_dir: Path, seed: int, epochs: int):
-    """Our bundle with the benchmark's model settings (also used by oor_space.py)."""
+def build_bundle(ref, out_dir: Path, seed: int, epochs: int, n_members: int | None = None):
+    """Our bundle with the benchmark's model settings (also used by oor_space.py, with one
+    member); ``n_members=None`` is sct.atlas.build's default ensemble."""
     import sc_celltherapy as sct
 
     return sct.atlas.build(
@@ -48,6 +49,7 @@ def build_bundle(ref, out_dir: Path, seed: int, epochs: int):
         max_epochs=epochs,
         scanvi_max_epochs=SCANVI_EPOCHS,
         seed=seed,
+        **({} if n_members is None else {"n_members": n_members}),
     )
 
 
