@@ -1,6 +1,9 @@
 """One method of the mapping benchmark on one fold, in its own process.
 
-``python -m _mapping_child {sct|scanvi|speed} REF.h5ad QUERY.h5ad OUT.npz WORKDIR SEED EPOCHS``
+``python -m _mapping_child {sct|scanvi|sct_map|scanvi_map|speed} REF.h5ad QUERY.h5ad OUT.npz WORKDIR
+SEED EPOCHS``: ``sct`` and ``scanvi`` train on REF and map QUERY, leaving their model in WORKDIR;
+``sct_map`` and ``scanvi_map`` map QUERY onto the model such a run left there (``speed`` too, but
+writes no predictions).
 
 Writes the predictions of the query cells to OUT.npz (``labels``: the label set, ``probs``:
 confidence of each label, ``pred``, ``score``: higher is further from the reference) and prints a
@@ -53,10 +56,13 @@ def build_bundle(ref, out_dir: Path, seed: int, epochs: int, n_members: int | No
     )
 
 
-def ours(ref, query, workdir: Path, seed: int, epochs: int) -> dict:
+def ours(ref, query, workdir: Path, seed: int, epochs: int, train: bool = True) -> dict:
     import sc_celltherapy as sct
 
-    bundle = build_bundle(ref, workdir / "bundle", seed, epochs)
+    if train:
+        bundle = build_bundle(ref, workdir / "bundle", seed, epochs)
+    else:
+        bundle = sct.atlas.load(workdir / "bundle")
     sct.tl.map_to_reference(query, bundle, batch_key=BATCH_KEY, seed=seed)
     return {
         "labels": np.asarray(query.uns["sct_ref"]["labels"], dtype=str),
@@ -69,23 +75,26 @@ def ours(ref, query, workdir: Path, seed: int, epochs: int) -> dict:
     }
 
 
-def plain_scanvi(ref, query, workdir: Path, seed: int, epochs: int) -> dict:
+def plain_scanvi(ref, query, workdir: Path, seed: int, epochs: int, train: bool = True) -> dict:
     """scvi-tools' reference-mapping tutorial, as a user writes it: no calibration, no OOR."""
     import scanpy as sc
     import scvi
 
     scvi.settings.seed = seed
-    sc.pp.highly_variable_genes(ref, n_top_genes=N_HVG, flavor="seurat_v3", subset=True)
-    scvi.model.SCVI.setup_anndata(ref, batch_key=BATCH_KEY, labels_key=LABELS_KEY)
-    vae = scvi.model.SCVI(ref, n_latent=N_LATENT, n_layers=N_LAYERS, **ARCHES)
     trainer = {"accelerator": "cpu", "enable_progress_bar": False, "logger": False}
-    vae.train(max_epochs=epochs, train_size=1.0, **trainer)
-    lvae = scvi.model.SCANVI.from_scvi_model(
-        vae, unlabeled_category="Unknown", labels_key=LABELS_KEY
-    )
-    lvae.train(max_epochs=SCANVI_EPOCHS, train_size=1.0, n_samples_per_label=100, **trainer)
-    lvae.save(workdir / "scanvi_ref", overwrite=True)
-    query = query[:, query.var_names.isin(ref.var_names)].copy()
+    if train:
+        sc.pp.highly_variable_genes(ref, n_top_genes=N_HVG, flavor="seurat_v3", subset=True)
+        scvi.model.SCVI.setup_anndata(ref, batch_key=BATCH_KEY, labels_key=LABELS_KEY)
+        vae = scvi.model.SCVI(ref, n_latent=N_LATENT, n_layers=N_LAYERS, **ARCHES)
+        vae.train(max_epochs=epochs, train_size=1.0, **trainer)
+        lvae = scvi.model.SCANVI.from_scvi_model(
+            vae, unlabeled_category="Unknown", labels_key=LABELS_KEY
+        )
+        lvae.train(max_epochs=SCANVI_EPOCHS, train_size=1.0, n_samples_per_label=100, **trainer)
+        lvae.save(workdir / "scanvi_ref", overwrite=True)
+        (workdir / "genes.txt").write_text("\n".join(ref.var_names))
+    ref_genes = (workdir / "genes.txt").read_text().split("\n")
+    query = query[:, query.var_names.isin(ref_genes)].copy()
     query.obs[LABELS_KEY] = "Unknown"
     scvi.model.SCANVI.prepare_query_anndata(query, str(workdir / "scanvi_ref"))
     qmodel = scvi.model.SCANVI.load_query_data(query, str(workdir / "scanvi_ref"))
@@ -129,7 +138,8 @@ def main() -> None:
         result = {"n_unassigned": int(query.obs["sct_ref_unassigned"].sum())}
     else:
         start = time.perf_counter()
-        result = (ours if method == "sct" else plain_scanvi)(ref, query, workdir, seed, epochs)
+        run = ours if method.startswith("sct") else plain_scanvi
+        result = run(ref, query, workdir, seed, epochs, train=not method.endswith("_map"))
     seconds = time.perf_counter() - start
     calibration, oor = result.pop("calibration", None), result.pop("oor", None)
     if method != "speed":

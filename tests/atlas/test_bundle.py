@@ -42,9 +42,9 @@ def test_demo_bundle_contents(demo_bundle):
     assert m["model"]["n_members"] == 1 and m["model"]["member_seeds"] == [0]
     assert set(m["files"]) == {"models/0/model.pt", "reference_latent.npz"}
     assert all(len(h) == 64 for h in m["files"].values())
-    latent, labels = demo_bundle.reference_latent()
+    latent, labels, spacing = demo_bundle.reference_latent()
     assert latent.shape == (1, 700, 10) and labels.shape == (700,)
-    assert demo_bundle.reference_spacing().shape == (1, 700)
+    assert spacing.shape == (1, 700)
 
 
 def test_calibration_holds_out_whole_batches():
@@ -192,7 +192,7 @@ def test_ensemble_bundle_maps_with_every_member(tmp_path):
     m = bundle.manifest
     assert m["model"]["n_members"] == 2 and m["model"]["member_seeds"] == [3, 4]
     assert set(m["files"]) == {"models/0/model.pt", "models/1/model.pt", "reference_latent.npz"}
-    latent, _ = bundle.reference_latent()
+    latent, _, _ = bundle.reference_latent()
     assert latent.shape == (2, 700, 10) and not np.allclose(latent[0], latent[1])
     lot = ref[:200].copy()
     sct.tl.map_to_reference(lot, bundle)

@@ -94,16 +94,12 @@ class ReferenceBundle:
         """The first member's model: one plain scANVI model trained on the reference."""
         return self.member_dirs[0]
 
-    def reference_latent(self) -> tuple[np.ndarray, np.ndarray]:
-        """Latent coordinates of the reference cells, ``(members, cells, n_latent)``, and labels."""
+    def reference_latent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The reference cells' latent coordinates in each member's space ``(members, cells,
+        n_latent)``, their labels, and each cell's mean distance to its ``k`` nearest other
+        reference cells in each member's space ``(members, cells)``; one read of the file."""
         with np.load(self.path / "reference_latent.npz", allow_pickle=False) as npz:
-            return npz["latent"], npz["labels"]
-
-    def reference_spacing(self) -> np.ndarray:
-        """Each reference cell's mean distance to its ``k`` nearest other reference cells in each
-        member's latent space, ``(members, cells)``."""
-        with np.load(self.path / "reference_latent.npz", allow_pickle=False) as npz:
-            return npz["spacing"]
+            return npz["latent"], npz["labels"], npz["spacing"]
 
     def __repr__(self) -> str:
         return (

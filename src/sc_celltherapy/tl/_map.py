@@ -102,8 +102,7 @@ def map_to_reference(
     batch_size = surgery_batch_size(adata.n_obs)
     labels = list(manifest["labels"])
     oor = manifest["oor"]
-    ref_latent, _ = bundle.reference_latent()
-    spacing = bundle.reference_spacing()
+    ref_latent, _, spacing = bundle.reference_latent()
     member_probs, member_ratios = [], []
     with timed(f"mapping {adata.n_obs} cells onto {bundle.name} ({n_members} member(s))"):
         for i, model_dir in enumerate(bundle.member_dirs):
