@@ -8,6 +8,7 @@ command-line front end can map them to one exit code.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -76,13 +77,19 @@ def check_counts(adata: AnnData, *, layer: str | None = None) -> None:
     check_not_empty(adata)
     matrix = get_matrix(adata, layer)
     where = ".X" if layer is None else f".layers[{layer!r}]"
+    if matrix is None:
+        msg = f"{where} is empty (None). {_counts_hint(adata, layer)}"
+        raise NotCountsError(msg)
     values = _values(matrix)
     if values.size == 0:
         msg = f"{where} has no non-zero value: every cell has zero counts. Check the input file."
         raise EmptyDataError(msg)
-    n_nan = int(np.isnan(values).sum()) if values.dtype.kind == "f" else 0
-    if n_nan:
-        msg = f"{where} contains {n_nan} NaN values; counts must be finite. Remove or fix them."
+    n_bad = int((~np.isfinite(values)).sum()) if values.dtype.kind == "f" else 0
+    if n_bad:
+        msg = (
+            f"{where} contains {n_bad} NaN or infinite values; counts must be finite. Remove or "
+            "fix them."
+        )
         raise NotCountsError(msg)
     vmin = values.min()
     if vmin < 0:
@@ -94,17 +101,35 @@ def check_counts(adata: AnnData, *, layer: str | None = None) -> None:
     if values.dtype.kind == "f":
         step = max(1, values.size // _MAX_VALUES_CHECKED)
         sample = values[::step]
-        frac = float(np.mean(np.abs(sample - np.round(sample)) > 1e-3))
+        off = np.abs(sample - np.round(sample))
+        frac = float(np.mean(off > 1e-3))
         if frac > 0:
-            looks_log = float(values.max()) < 30
-            kind = "log-normalised" if looks_log else "normalised or expected (non-integer) counts"
-            msg = (
-                f"{where} holds non-integer values ({frac:.1%} of non-zeros, maximum "
-                f"{values.max():.3g}): it looks {kind}, but raw counts are needed. "
-                f"{_counts_hint(adata, layer)} Full-length expected counts (RSEM, Salmon) may "
-                "be rounded to integers first: adata.X = np.round(adata.X)."
-            )
-            raise NotCountsError(msg)
+            raise NotCountsError(_non_integer_message(where, sample, off, frac, adata, layer))
+
+
+# Expected counts (RSEM, Salmon) are integers wherever reads map uniquely: 43% of the non-zero
+# values of the full-length hESC data in ../shared/data are exact integers. TPM, FPKM and
+# normalised values almost never are.
+_EXPECTED_COUNTS_MIN_INTEGER_SHARE = 0.1
+
+
+def _non_integer_message(where, sample, off, frac, adata, layer) -> str:
+    found = (
+        f"{where} holds non-integer values ({frac:.1%} of non-zeros, maximum {sample.max():.3g})"
+    )
+    hint = _counts_hint(adata, layer)
+    if float(sample.max()) < 30:
+        return f"{found}: it looks log-normalised, but raw counts are needed. {hint}"
+    if float(np.mean(off < 1e-6)) >= _EXPECTED_COUNTS_MIN_INTEGER_SHARE:
+        return (
+            f"{found}, many of them whole numbers: it looks like expected counts of a "
+            f"full-length protocol (RSEM, Salmon), but integer counts are needed. {hint} "
+            "Expected counts may be rounded to integers first: adata.X = np.round(adata.X)."
+        )
+    return (
+        f"{found}, almost none of them whole numbers: it looks normalised (TPM, FPKM, CPM), "
+        f"and rounding does not turn normalised values back into counts. {hint}"
+    )
 
 
 def _counts_hint(adata: AnnData, layer: str | None) -> str:
@@ -114,6 +139,42 @@ def _counts_hint(adata: AnnData, layer: str | None) -> str:
     if adata.raw is not None:
         return "Raw counts may be in .raw: use adata.raw.to_adata()."
     return "Load the raw UMI matrix (e.g. Cell Ranger's filtered_feature_bc_matrix)."
+
+
+# .var columns that hold gene symbols when var_names are Ensembl ids (10x / Cell Ranger,
+# CELLxGENE, GEO and Monocle conventions), in the order they are looked for
+SYMBOL_COLUMNS = ("gene_symbols", "feature_name", "gene_name", "gene_short_name", "gene_symbol")
+_ENSEMBL_ID = r"^ENS[A-Z]*G\d{6,}"
+
+
+def gene_symbols(adata: AnnData) -> pd.Index:
+    """Gene symbols of ``adata.var`` in its order: ``var_names`` unless they are Ensembl ids, then
+    the first symbol column of :data:`SYMBOL_COLUMNS`. Marker panels are written in symbols, so a
+    lot named by Ensembl ids without a symbol column is refused rather than matched to nothing."""
+    names = pd.Index(adata.var_names.astype(str))
+    if not len(names) or names.str.match(_ENSEMBL_ID).mean() <= 0.5:
+        return names
+    for col in SYMBOL_COLUMNS:
+        if col in adata.var.columns:
+            return pd.Index(adata.var[col].astype(str).to_numpy())
+    msg = (
+        f"The lot's genes are named by Ensembl ids (e.g. {names[0]}) and .var has no gene-symbol "
+        f"column (looked for {list(SYMBOL_COLUMNS)}; found {list(adata.var.columns)}), so marker "
+        "panels, written in HGNC symbols, cannot be matched. Add the symbols, e.g. "
+        "adata.var['gene_symbols'] = <symbols>, or read the 10x output with sct.io.read, which "
+        "names genes by symbol."
+    )
+    raise InputError(msg)
+
+
+def gene_columns(adata: AnnData, genes) -> dict[str, int]:
+    """Column index of each gene of ``genes`` found among the lot's symbols (first occurrence
+    of a repeated symbol), in the order of ``genes``."""
+    symbols = gene_symbols(adata)
+    first: dict[str, int] = {}
+    for i, name in enumerate(symbols):
+        first.setdefault(name, i)
+    return {g: first[g] for g in dict.fromkeys(genes) if g in first}
 
 
 def check_unique_obs_names(adata: AnnData) -> None:

@@ -64,8 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     mp.add_argument("--seed", type=int, default=0)
     mp.set_defaults(func=_cmd_map)
 
-    sc = sub.add_parser("score", help="identity and purity of a mapped lot (.h5ad in and out)")
-    sc.add_argument("input", type=Path, help="lot after `map`")
+    sc = sub.add_parser(
+        "score",
+        help="identity and purity of a lot (.h5ad in and out): from its mapping when it was "
+        "mapped, else from the profile's marker panels",
+    )
+    sc.add_argument("input", type=Path, help="lot after `map`, or after `qc` for marker panels")
     sc.add_argument("--out", type=Path, required=True, help="output .h5ad")
     _add_spec_args(sc)
     sc.add_argument("--report-json", type=Path, default=None, help="also write the report here")
@@ -82,7 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     rel.add_argument("input", type=Path, help="10x .h5, 10x matrix folder or .h5ad")
     _add_spec_args(rel)
     rel.add_argument(
-        "--reference", default=None, help="bundle directory or name (default: the profile's atlas)"
+        "--reference",
+        default=None,
+        help="bundle directory or name (default: the profile's atlas); 'none': identity from "
+        "the profile's marker panels alone, no reference",
     )
     rel.add_argument("--lot-id", required=True)
     rel.add_argument("--operator", required=True, help="who runs the release (audit trail)")
@@ -152,7 +159,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--product", default=None, help="product profile name (see `atlas list`)")
+    p.add_argument(
+        "--product",
+        default=None,
+        help="product profile: a shipped name (see `atlas list`) or the path of your YAML",
+    )
     p.add_argument(
         "--spec",
         type=Path,
@@ -432,16 +443,21 @@ def _cmd_score(args: argparse.Namespace) -> None:
         if spec_arg is not None
         else release.Spec.from_profile(product)
     )
-    adata = io.read(args.input)
-    if "sct_ref" not in adata.uns:
-        raise InputError(f"{args.input} is not mapped: run `sc-celltherapy map` first.")
     profile = _resolve_profile(product, spec)
-    target = None if profile is not None else list(spec.target)
-    tl.identity_score(adata, target=target, profile=profile)
+    adata = io.read(args.input)
+    if "sct_ref" not in adata.uns and profile is None:
+        msg = (
+            f"{args.input} is not mapped and no product profile was given: run "
+            "`sc-celltherapy map` first, or pass --product (a shipped name or your profile "
+            "YAML) to call identities from its marker panels."
+        )
+        raise InputError(msg)
+    tl.identity_score(adata, target=list(spec.target), profile=profile)
     report = tl.assess_purity(adata, spec)
     adata.write_h5ad(args.out)
     if args.report_json is not None:
         args.report_json.write_text(report.to_json() + "\n")
+    print(f"Identity: {adata.uns['sct_identity']['method']}")
     print(f"Verdict {report.verdict} ({report.n_cells} cells; LOD95 {report.lod95:.2%})")
     print(report.to_frame().drop(columns=["denominator"]).to_string())
 

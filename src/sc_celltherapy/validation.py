@@ -44,6 +44,19 @@ class SpikeInResult:
     limit_of_blank: float
     limit: float | None
     seed: int
+    replace: bool = False
+
+    @property
+    def sampling(self) -> str:
+        """How mixtures drew their cells, in words (replicates are independent only without
+        replacement from a population larger than all mixtures together)."""
+        if self.replace:
+            return (
+                "cells drawn with replacement: a cell can appear more than once in a mixture and "
+                "replicates share cells, so replicate spread understates what independent "
+                "samples would show"
+            )
+        return "cells drawn without replacement within each mixture; replicates may share cells"
 
     def to_dict(self) -> dict[str, Any]:
         return plain(
@@ -56,6 +69,8 @@ class SpikeInResult:
                 "limit_of_blank": self.limit_of_blank,
                 "limit": self.limit,
                 "seed": self.seed,
+                "replace": self.replace,
+                "sampling": self.sampling,
                 "summary": self.summary.reset_index().to_dict(orient="records"),
                 "mixtures": self.mixtures.to_dict(orient="records"),
             }
@@ -88,21 +103,31 @@ def select_by_markers(
     return keep
 
 
-def mix(base: AnnData, spike: AnnData, fraction: float, n_cells: int, rng) -> AnnData:
+def mix(
+    base: AnnData,
+    spike: AnnData,
+    fraction: float,
+    n_cells: int,
+    rng,
+    *,
+    replace: bool = False,
+) -> AnnData:
     """``n_cells`` cells, ``round(fraction * n_cells)`` of them drawn from ``spike`` and the rest
-    from ``base``, without replacement; ``obs["sct_spiked"]`` marks the spiked cells."""
+    from ``base`` (with replacement when ``replace``, for populations smaller than a mixture);
+    ``obs["sct_spiked"]`` marks the spiked cells."""
     n_spike = int(round(fraction * n_cells))
     n_base = n_cells - n_spike
     for pool, n, name in ((spike, n_spike, "spike"), (base, n_base, "base")):
-        if n > pool.n_obs:
+        if n and pool.n_obs == 0 or (n > pool.n_obs and not replace):
             msg = (
                 f"A {fraction:.2%} mixture of {n_cells} cells needs {n} {name} cells but the "
-                f"{name} population has {pool.n_obs}. Use fewer cells per mixture."
+                f"{name} population has {pool.n_obs}. Use fewer cells per mixture, or "
+                "replace=True (cells drawn with replacement; the result says so)."
             )
             raise InputError(msg)
     parts = [
-        base[np.sort(rng.choice(base.n_obs, n_base, replace=False))],
-        spike[np.sort(rng.choice(spike.n_obs, n_spike, replace=False))],
+        base[np.sort(rng.choice(base.n_obs, n_base, replace=replace))],
+        spike[np.sort(rng.choice(spike.n_obs, n_spike, replace=replace))],
     ]
     lot = ad.concat(parts, join="inner", merge="same", index_unique=None)
     lot.obs[SPIKE_KEY] = np.r_[np.zeros(n_base, bool), np.ones(n_spike, bool)]
@@ -121,6 +146,7 @@ def spike_in(
     n_cells: int = 2000,
     limit: float | None = None,
     seed: int = 0,
+    replace: bool = False,
 ) -> SpikeInResult:
     """Validate an impurity call by spiking real cells into a base population.
 
@@ -141,6 +167,10 @@ def spike_in(
         A spec limit for the impurity: each mixture gets its verdict against it.
     seed
         Seed of the draws.
+    replace
+        Draw cells with replacement, for a spike or base population smaller than the mixtures
+        need (e.g. 50 hESC spiked at 5% into 2,000 cells). Replicates then share cells and
+        ``SpikeInResult.sampling`` says so.
 
     Returns
     -------
@@ -170,7 +200,7 @@ def spike_in(
         (f, r) for f in fractions for r in range(n_replicates)
     ]
     for true_fraction, replicate in plan:
-        lot = mix(base, spike, true_fraction, n_cells, rng)
+        lot = mix(base, spike, true_fraction, n_cells, rng, replace=replace)
         k, n = assay(lot)
         lo, hi = _stats.fraction_interval(int(k), int(n))
         rows.append(
@@ -188,10 +218,12 @@ def spike_in(
         )
         logger.info("spike-in %.3f rep %d: %d / %d called", true_fraction, replicate, k, n)
     mixtures = pd.DataFrame(rows)
-    return _summarise(mixtures, limit, seed)
+    return _summarise(mixtures, limit, seed, replace)
 
 
-def _summarise(mixtures: pd.DataFrame, limit: float | None, seed: int) -> SpikeInResult:
+def _summarise(
+    mixtures: pd.DataFrame, limit: float | None, seed: int, replace: bool
+) -> SpikeInResult:
     spiked = mixtures[mixtures["true_fraction"] > 0]
     blank = mixtures[mixtures["true_fraction"] == 0]
     x, y = spiked["true_fraction"].to_numpy(), spiked["estimate"].to_numpy()
@@ -231,4 +263,5 @@ def _summarise(mixtures: pd.DataFrame, limit: float | None, seed: int) -> SpikeI
         limit_of_blank=float(np.quantile(blank_estimates, 0.95)),
         limit=limit,
         seed=seed,
+        replace=replace,
     )

@@ -47,10 +47,15 @@ def load(name_or_path: str | os.PathLike | ReferenceBundle) -> ReferenceBundle:
     cached = sorted(bundles_dir().glob(f"{name}-*")) if bundles_dir().exists() else []
     if cached:
         return verify(cached[-1])
-    available = list_bundles()["name"].tolist()
+    table = list_bundles()
+    built = table.query("kind == 'bundle'")["name"].tolist()
+    atlases = sorted(set(table.query("kind == 'atlas'")["name"]) - {DEMO_NAME})
     msg = (
-        f"No reference bundle {name!r} (not a directory, not in {bundles_dir()}). Available: "
-        f"{available}. Build one with sct.atlas.build or `sc-celltherapy atlas build`."
+        f"No reference bundle {name!r} (not a directory, not in {bundles_dir()}). Bundles: "
+        f"{sorted(set(built) | {DEMO_NAME})} ({DEMO_NAME} is embedded and built on first use). "
+        f"Atlases that can be fetched and built with network: {atlases} (`sc-celltherapy atlas "
+        "fetch NAME`). Without a reference, pass 'none' to call identities from the product "
+        "profile's marker panels."
     )
     raise BundleError(msg)
 

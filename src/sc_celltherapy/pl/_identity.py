@@ -62,7 +62,8 @@ def identity(
         (score, -0.2, "#1565c0", "identity"),
         (markers, 0.2, "#9e9e9e", "marker panel"),
     ):
-        data = [values[(groups == g).to_numpy()] for g in names]
+        # a panel not assessed has NaN scores: nothing to draw
+        data = [values[(groups == g).to_numpy() & ~np.isnan(values)] for g in names]
         box = ax.boxplot(
             data, positions=pos + offset, widths=0.35, patch_artist=True, showfliers=False
         )

@@ -55,7 +55,7 @@ def verdict_table(results: dict) -> str:
     )
     rows = []
     for c in results["criteria"]:
-        is_min = c["criterion"] == "target"
+        is_min = c.get("kind", "min" if c["criterion"] == "target" else "max") == "min"
         limit = ("≥ " if is_min else "≤ ") + _pct(c["limit"])
         # decided criteria need no more cells; an undecided one says how many would decide it
         needed = (
@@ -64,6 +64,9 @@ def verdict_table(results: dict) -> str:
             else "–"
         )
         denom = " (of all barcodes)" if c.get("denominator") == "barcodes" else ""
+        if c["criterion"].startswith("marker:"):
+            rule = " and " if c.get("rule") == "all" else " or "
+            denom = f" ({rule.join(c.get('genes', []))} detected; transcripts, not flow)"
         rows.append(
             f"<tr><td class='name'>{escape(c['criterion'])}{denom}</td><td>{c['n']:,}</td>"
             f"<td>{_pct(c['fraction'])}</td><td>{_pct(c['ci_low'])} – {_pct(c['ci_high'])}</td>"
@@ -88,6 +91,34 @@ def _unlimited_table(results: dict) -> str:
         "<tr><th class='name'>class</th><th>cells</th><th>fraction</th><th>95% interval</th></tr>"
     )
     return f"<p>Reported without a spec limit:</p><table>{head}{''.join(rows)}</table>"
+
+
+def identity_section(results: dict) -> str:
+    """How identities were called (id ``identity-method``), and per identity the panel genes
+    found, missing and whether it was assessed."""
+    ident = results.get("identity")
+    if not ident:
+        return ""
+    rows = []
+    for name, rec in ident["identities"].items():
+        found = ", ".join(rec["genes_found"]) or "–"
+        missing = ", ".join(rec["genes_missing"]) or "–"
+        status = "assessed" if rec["assessed"] else (rec["reason"] or "not assessed")
+        rows.append(
+            f"<tr><td class='name'>{escape(name)}</td><td class='name'>{escape(rec['class'])}</td>"
+            f"<td class='name'>{escape(status)}</td><td class='name mono'>{escape(found)}</td>"
+            f"<td class='name mono'>{escape(missing)}</td></tr>"
+        )
+    head = (
+        "<tr><th class='name'>identity</th><th class='name'>class</th><th class='name'>status"
+        "</th><th class='name'>panel genes used</th><th class='name'>panel genes missing</th></tr>"
+    )
+    box = "example" if ident.get("reference") is None else ""
+    return (
+        f"<p id='identity-method' class='{box}'><b>Identity method: "
+        f"{escape(ident['method'])}.</b> {escape(ident['statement'])}</p>"
+        f"<table id='identity-panels'>{head}{''.join(rows)}</table>"
+    )
 
 
 def render_report(results: dict, figures: dict[str, bytes]) -> str:
@@ -121,16 +152,22 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
     mapping = results["mapping"]
     ref = results["reference"]
     inputs = results["inputs"]
+    if ref is None:
+        reference_rows = [("reference", "none: identity from the profile's marker panels")]
+    else:
+        reference_rows = [
+            ("reference", f"{ref['name']} v{ref['version']}"),
+            ("reference sha256", ref["sha256"]),
+            ("reference calibration error (held out)", ref.get("calibration_ece")),
+            ("gene overlap with the reference", _pct(mapping["gene_overlap"])),
+            ("cells out of the reference (unassigned)", mapping["n_unassigned"]),
+        ]
     provenance = [
         ("lot id", results["lot_id"]),
         ("product", results["product"]),
         ("input file", inputs["file"]),
         ("input sha256", inputs["sha256"]),
-        ("reference", f"{ref['name']} v{ref['version']}"),
-        ("reference sha256", ref["sha256"]),
-        ("reference calibration error (held out)", ref.get("calibration_ece")),
-        ("gene overlap with the reference", _pct(mapping["gene_overlap"])),
-        ("cells out of the reference (unassigned)", mapping["n_unassigned"]),
+        *reference_rows,
         ("spec", spec["source"]),
         ("spec sha256", spec["sha256"]),
         ("identity method", results.get("identity_method", "")),
@@ -148,6 +185,7 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         f"<p>Product <b>{escape(results['product'])}</b>. Overall verdict: "
         f"<span id='overall-verdict' class='verdict {verdict}'>{verdict}</span></p>",
         example,
+        identity_section(results),
         "<h2>Verdicts</h2>",
         verdict_table(results),
         "<p>PASS: the whole 95% interval meets the limit; FAIL: the whole interval violates it; "

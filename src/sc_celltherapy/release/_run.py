@@ -38,6 +38,8 @@ RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
 # fields that differ between two runs of the same inputs by nature; all under this key
 PER_RUN_KEY = "run"
 STEPS = ("read", "qc", "map", "identity", "purity", "cluster", "report", "write")
+# --reference none: identity from the profile's marker panels alone
+NO_REFERENCE = "none"
 
 
 class ReleaseExistsError(InputError, FileExistsError):
@@ -63,7 +65,7 @@ class _Inputs:
 
     input_path: Path
     adata: Any
-    bundle: Any
+    bundle: Any  # None: identity from marker panels, no reference
     spec: Spec
     spec_source: str
     profile: dict | None
@@ -105,7 +107,9 @@ def run(
         Product profile name (``sct.atlas.list()``): identities, marker panels and the default
         reference. ``None``: the profile named by ``spec.product``, if one is shipped.
     reference
-        Reference bundle (directory or name); ``None``: the profile's atlas.
+        Reference bundle (directory or name); ``None``: the profile's atlas, or no reference
+        when the profile names none; ``"none"``: no reference. Without a reference the
+        profile's marker panels alone call identities, and every output says so first.
     batch_key
         Column of ``.obs`` with the lot's channels (pooled for the fractions).
     seed
@@ -207,9 +211,9 @@ def _preflight(
 ) -> _Inputs:
     from .. import atlas, io
     from .._validate import check_obs_key
-    from ..tl._identity import RESIDUAL_PLURIPOTENT, UNASSIGNED, _identities
+    from ..tl._identity import RESIDUAL_PLURIPOTENT, UNASSIGNED, resolve_identities
     from ..tl._map import check_genes
-    from ..tl._purity import check_transgene_features
+    from ..tl._purity import check_marker_gates, check_transgene_features
 
     out_dir = Path(out_dir).absolute()
     check_out_dir(out_dir)
@@ -226,23 +230,33 @@ def _preflight(
     check_obs_key(adata, batch_key, what="batch column")
     read_hashes[f"input:{input_path.name}"] = adata.uns["sct_input"]["sha256"]
     read_seconds = round(time.perf_counter() - start, 3)
+    if reference is None and profile is not None and profile.get("atlas") is None:
+        reference = NO_REFERENCE
     if reference is None:
         if profile is None:
-            msg = "No reference: pass --reference, or a product whose profile names an atlas."
+            msg = (
+                "No reference: pass --reference (a bundle, or 'none' for marker panels alone), "
+                "or a product whose profile names an atlas."
+            )
             raise InputError(msg)
         reference = profile["atlas"]
-    bundle = atlas.load(reference)  # refuses a changed, missing or extra file
-    read_hashes[f"reference:{bundle.name}"] = bundle.sha256
-    # refusal only here; the low-overlap warning comes from the mapping step, into the results
-    check_genes(adata, bundle, min_gene_overlap=min_gene_overlap, warn_gene_overlap=0.0)
-    identities = _identities(profile, list(spec_obj.target), list(bundle.labels))
-    known = {i["name"] for i in identities} | set(bundle.labels)
-    known |= {UNASSIGNED, RESIDUAL_PLURIPOTENT}
-    where = f"the reference {bundle.name!r}" + (
-        f" and profile {profile['name']!r}" if profile else ""
-    )
-    spec_obj.check_identities(known, where=where)
+    if str(reference).lower() == NO_REFERENCE:
+        bundle = None
+        _check_marker_only(adata, profile, spec_obj)
+    else:
+        bundle = atlas.load(reference)  # refuses a changed, missing or extra file
+        read_hashes[f"reference:{bundle.name}"] = bundle.sha256
+        # refusal only here; the low-overlap warning comes from the mapping step, into the results
+        check_genes(adata, bundle, min_gene_overlap=min_gene_overlap, warn_gene_overlap=0.0)
+        identities = resolve_identities(profile, list(spec_obj.target), list(bundle.labels))
+        known = {i["name"] for i in identities} | set(bundle.labels)
+        known |= {UNASSIGNED, RESIDUAL_PLURIPOTENT}
+        where = f"the reference {bundle.name!r}" + (
+            f" and profile {profile['name']!r}" if profile else ""
+        )
+        spec_obj.check_identities(known, where=where)
     check_transgene_features(adata, spec_obj)
+    check_marker_gates(adata, spec_obj)
     return _Inputs(
         input_path,
         adata,
@@ -254,6 +268,33 @@ def _preflight(
         read_hashes,
         read_seconds,
     )
+
+
+def _check_marker_only(adata, profile: dict | None, spec: Spec) -> None:
+    """Without a reference the profile's marker panels decide: they must exist and the target's
+    must be in the lot."""
+    from ..tl._identity import (
+        RESIDUAL_PLURIPOTENT,
+        UNASSIGNED,
+        check_target_coverage,
+        panel_coverage,
+        resolve_identities,
+    )
+    from ..tl._panels import MIN_FRACTION_FOUND, MIN_GENES_FOUND
+
+    if profile is None:
+        msg = (
+            "Without a reference, identities come from a product profile's marker panels: pass "
+            "--product (a shipped name or the path of your profile YAML)."
+        )
+        raise InputError(msg)
+    identities = resolve_identities(profile, list(spec.target), [])
+    known = {i["name"] for i in identities} | {UNASSIGNED, RESIDUAL_PLURIPOTENT}
+    spec.check_identities(known, where=f"profile {profile['name']!r} (marker panels, no reference)")
+    coverage = panel_coverage(
+        adata, identities, min_genes=MIN_GENES_FOUND, min_fraction=MIN_FRACTION_FOUND
+    )
+    check_target_coverage(coverage.get(identities[0]["name"]), identities[0]["name"])
 
 
 def _preflight_again(inputs: _Inputs) -> _Inputs:
@@ -360,7 +401,14 @@ def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
         f"read {inputs.input_path.name}: {adata.n_obs} barcodes x {adata.n_vars} features",
     )
     timings["read"] = inputs.read_seconds
-    species = inputs.bundle.manifest.get("species", "human")
+    from ..io import guess_species
+
+    marker_only = inputs.bundle is None
+    if marker_only:
+        guessed = guess_species(adata)
+        species = guessed if guessed in ("human", "mouse") else "human"
+    else:
+        species = inputs.bundle.manifest.get("species", "human")
     with step("qc", "QC: metrics, low-quality and doublet flags, filter"):
         pp.qc_metrics(adata, species=species, batch_key=batch_key)
         pp.flag_low_quality(adata, batch_key=batch_key)
@@ -371,31 +419,46 @@ def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
     audit(
         "qc", n_barcodes=qc["n_cells_before"], n_after=qc["n_cells_after"], removed=qc["n_removed"]
     )
-    with step("map", f"map {adata.n_obs} cells onto {inputs.bundle.name} v{inputs.bundle.version}"):
-        tl.map_to_reference(
-            adata, inputs.bundle, batch_key=batch_key, seed=seed, min_gene_overlap=min_gene_overlap
+    if marker_only:
+        with step("map", "no reference: identity from the profile's marker panels"):
+            pass
+        audit("map", skipped="no reference: identity from marker panels")
+    else:
+        with step(
+            "map", f"map {adata.n_obs} cells onto {inputs.bundle.name} v{inputs.bundle.version}"
+        ):
+            tl.map_to_reference(
+                adata,
+                inputs.bundle,
+                batch_key=batch_key,
+                seed=seed,
+                min_gene_overlap=min_gene_overlap,
+            )
+        ref = adata.uns["sct_ref"]
+        audit(
+            "map",
+            read={f"reference:{ref['bundle']}": ref["sha256"]},
+            gene_overlap=ref["gene_overlap"],
+            n_unassigned=ref["n_unassigned"],
         )
-    ref = adata.uns["sct_ref"]
-    audit(
-        "map",
-        read={f"reference:{ref['bundle']}": ref["sha256"]},
-        gene_overlap=ref["gene_overlap"],
-        n_unassigned=ref["n_unassigned"],
-    )
     with step("identity", "identity score and class of each cell"):
         tl.identity_score(adata, target=list(inputs.spec.target), profile=inputs.profile)
     audit("identity", classes=_counts(adata.obs["sct_identity_class"]))
     with step("purity", "purity against the spec"):
         report = tl.assess_purity(adata, inputs.spec)
     audit("purity", verdict=report.verdict, spec_sha256=spec_digest(inputs.spec))
-    with step("cluster", "clusters and UMAP on the reference latent space"):
-        # the report needs the UMAP; marker genes (the slow part) are left to `cluster`
-        tl.cluster(adata, use_rep="X_sct_ref", random_state=seed, markers=False)
+    with step("cluster", "clusters and UMAP"):
+        # the report needs the UMAP; marker genes (the slow part) are left to `cluster`. With a
+        # reference the UMAP is of its latent space, without one of the lot's own PCA.
+        rep = None if marker_only else "X_sct_ref"
+        tl.cluster(adata, use_rep=rep, random_state=seed, markers=False)
     results = _results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap)
     with step("report", "figures and report"):
         figures = {
             "qc": qc_png,
-            "identity": _png(pl.identity(adata, groupby="sct_ref_label")),
+            "identity": _png(
+                pl.identity(adata, groupby="sct_identity_class" if marker_only else "sct_ref_label")
+            ),
             "composition": _png(pl.composition(adata)),
         }
     return results, adata, figures, timings
@@ -428,11 +491,18 @@ def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_o
     from .. import __version__
 
     qc = adata.uns["sct_qc"]
-    ref = adata.uns["sct_ref"]
     purity = report.to_dict()
-    target = {**purity["target"], "denominator": "assessed"}
+    target = {**purity["target"], "denominator": "assessed", "kind": "min"}
     judged = {"target": target, **purity["impurities"]}
-    criteria = [{"criterion": k, **row} for k, row in judged.items() if row["limit"] is not None]
+    criteria = [
+        {"criterion": k, "kind": "max", **row}
+        for k, row in judged.items()
+        if row["limit"] is not None
+    ]
+    criteria += [
+        {"criterion": f"marker:{k}", "denominator": "assessed", **row}
+        for k, row in purity["marker_gates"].items()
+    ]
     src = adata.uns["sct_input"]
     n = report.n_cells
     results = {
@@ -440,6 +510,7 @@ def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_o
         "lot_id": lot_id,
         "product": inputs.spec.product,
         "verdict": report.verdict,
+        "identity": identity_record(adata.uns["sct_identity"], inputs.bundle),
         "criteria": criteria,
         "purity": purity,
         "detection": {
@@ -461,15 +532,10 @@ def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_o
             "thresholds": adata.uns.get("sct_low_quality", {}),
             "doublets": adata.uns.get("sct_doublet", {}),
         },
-        "mapping": {
-            "gene_overlap": ref["gene_overlap"],
-            "n_reference_genes": ref["n_reference_genes"],
-            "n_missing_genes": ref["n_missing_genes"],
-            "n_unassigned": ref["n_unassigned"],
-            "surgery_trained": ref["surgery_trained"],
-            "surgery_epochs": ref["max_epochs"],
-        },
-        "reference": {
+        "mapping": _mapping_record(adata),
+        "reference": None
+        if inputs.bundle is None
+        else {
             "name": inputs.bundle.name,
             "version": inputs.bundle.version,
             "sha256": inputs.bundle.sha256,
@@ -498,6 +564,58 @@ def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_o
         "versions": versions(__version__),
     }
     return plain(results)
+
+
+def identity_record(info: Mapping, bundle) -> dict[str, Any]:
+    """How identities were called, stated first in results.json and the report: the method,
+    the rules and thresholds, and per identity the panel genes used, missing and whether it was
+    assessed."""
+    if bundle is None:
+        statement = (
+            "Identity comes from the product profile's marker panels alone, with no reference "
+            "atlas: each cell is the identity whose panel is enriched against random genes of "
+            "the same cell and beats every other panel; residual pluripotent cells come from the "
+            "pluripotency detector."
+        )
+    else:
+        statement = (
+            f"Identity comes from mapping onto the reference {bundle.name} v{bundle.version} "
+            "(calibrated label probabilities, out-of-reference call); marker panels give an "
+            "orthogonal score; residual pluripotent cells come from the pluripotency detector."
+        )
+    return {
+        "method": info["method"],
+        "reference": None if bundle is None else bundle.name,
+        "statement": statement,
+        "rules": dict(info.get("rules", {})),
+        "thresholds": dict(info.get("thresholds", {})),
+        "pluripotency_genes_used": list(info.get("pluripotency_genes_used", [])),
+        "identities": {
+            name: {
+                "class": rec["class"],
+                "assessed": bool(rec.get("assessed", False)),
+                "reason": rec.get("reason", ""),
+                "genes_found": list(rec.get("genes_found", [])),
+                "genes_missing": list(rec.get("genes_missing", [])),
+            }
+            for name, rec in info["identities"].items()
+        },
+        "not_assessed": list(info.get("not_assessed", [])),
+    }
+
+
+def _mapping_record(adata) -> dict[str, Any] | None:
+    ref = adata.uns.get("sct_ref")
+    if ref is None:
+        return None
+    return {
+        "gene_overlap": ref["gene_overlap"],
+        "n_reference_genes": ref["n_reference_genes"],
+        "n_missing_genes": ref["n_missing_genes"],
+        "n_unassigned": ref["n_unassigned"],
+        "surgery_trained": ref["surgery_trained"],
+        "surgery_epochs": ref["max_epochs"],
+    }
 
 
 def versions(own: str) -> dict[str, str]:
@@ -539,7 +657,7 @@ def _run_record(run_id, operator, started, inputs: _Inputs, timings, rerun) -> d
             "finished_utc": _now(),
             "command": " ".join(sys.argv),
             "input_path": str(inputs.input_path.absolute()),
-            "reference_path": str(inputs.bundle.path),
+            "reference_path": None if inputs.bundle is None else str(inputs.bundle.path),
             "out_dir": str(inputs.out_dir),
             "timings_s": timings,
             "peak_memory_mb": round(peak_kb / 1024, 1),

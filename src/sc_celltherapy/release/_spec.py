@@ -28,6 +28,8 @@ _FIELDS = (
     "max_target_fraction",
     "max_impurity",
     "max_identity_fraction",
+    "min_positive",
+    "max_positive",
     "transgene_features",
     "comparability_margin",
     "example",
@@ -37,6 +39,51 @@ _FIELDS = (
 
 class SpecError(InputError):
     """A release specification is malformed or names something unknown."""
+
+
+GATE_RULES = ("all", "any")
+# The detection rule of marker gates, in the words every output uses.
+DETECTION_RULE = (
+    "a cell is positive for a gene when at least one count (UMI or read) of it is detected; for a "
+    "gate of several genes, rule 'all' needs every gene and 'any' at least one. Transcript "
+    "detection is concordance with a flow-cytometry marker, never equivalence: dropout lowers "
+    "positive fractions of weakly expressed genes, ambient RNA raises negative ones."
+)
+
+
+@dataclass(frozen=True)
+class MarkerGate:
+    """One marker gate of a spec: the fraction of cells positive for ``genes`` (``rule``: all
+    of them or any of them detected) must be at least, or at most, ``fraction``."""
+
+    genes: tuple[str, ...]
+    fraction: float
+    rule: str = "all"
+
+    def __post_init__(self) -> None:
+        genes = (self.genes,) if isinstance(self.genes, str) else tuple(self.genes)
+        object.__setattr__(self, "genes", genes)
+
+    def to_yaml_value(self, name: str) -> float | dict:
+        if self.genes == (name,):
+            return self.fraction
+        return {"genes": list(self.genes), "rule": self.rule, "fraction": self.fraction}
+
+    @classmethod
+    def from_value(cls, name: str, value: Any, *, source: str) -> MarkerGate:
+        """``GENE: fraction`` or ``name: {genes: [...], rule: all|any, fraction: f}``."""
+        if isinstance(value, MarkerGate):
+            return value
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {"genes", "rule", "fraction"})
+            if unknown or "genes" not in value or "fraction" not in value:
+                msg = (
+                    f"{source}: marker gate {name!r} must be a fraction or a mapping with genes, "
+                    f"fraction and optionally rule (all / any); got {dict(value)!r}."
+                )
+                raise SpecError(msg)
+            return cls(tuple(value["genes"]), value["fraction"], value.get("rule", "all"))
+        return cls((name,), value)
 
 
 @dataclass(frozen=True)
@@ -56,6 +103,12 @@ class Spec:
     max_identity_fraction
         Highest acceptable fraction of single named identities (off-target or forbidden
         identities of the profile, or reference labels).
+    min_positive, max_positive
+        Marker gates as release specs write them from flow cytometry (ISCT for MSC: at least
+        95% CD73/CD90/CD105-positive, at most 2% CD45-positive): gate name to a
+        :class:`MarkerGate`, or in YAML to a fraction (the name is then the gene) or to
+        ``{genes, rule, fraction}``. Positive means detected (:data:`DETECTION_RULE`); the
+        fractions are transcript concordance, never flow equivalence.
     transgene_features
         Count-matrix features of the transgene (e.g. ``CAT_scFv``); their positive fraction is
         reported as a lower bound.
@@ -84,6 +137,8 @@ class Spec:
     max_target_fraction: float = 1.0
     max_impurity: Mapping[str, float] = field(default_factory=dict)
     max_identity_fraction: Mapping[str, float] = field(default_factory=dict)
+    min_positive: Mapping[str, MarkerGate] = field(default_factory=dict)
+    max_positive: Mapping[str, MarkerGate] = field(default_factory=dict)
     transgene_features: tuple[str, ...] = ()
     comparability_margin: Mapping[str, float] = field(default_factory=dict)
     example: bool = False
@@ -97,6 +152,16 @@ class Spec:
         object.__setattr__(self, "max_impurity", dict(self.max_impurity))
         object.__setattr__(self, "max_identity_fraction", dict(self.max_identity_fraction))
         object.__setattr__(self, "comparability_margin", dict(self.comparability_margin))
+        for key in ("min_positive", "max_positive"):
+            gates = getattr(self, key)
+            if not isinstance(gates, Mapping):
+                raise SpecError(f"Spec.{key} must map gate names to gates, got {gates!r}.")
+            source = f"Spec.{key}"
+            object.__setattr__(
+                self,
+                key,
+                {str(k): MarkerGate.from_value(str(k), v, source=source) for k, v in gates.items()},
+            )
         self._check()
 
     def _check(self) -> None:
@@ -118,7 +183,17 @@ class Spec:
             **{f"max_impurity[{k}]": v for k, v in self.max_impurity.items()},
             **{f"max_identity_fraction[{k}]": v for k, v in self.max_identity_fraction.items()},
             **{f"comparability_margin[{k}]": v for k, v in self.comparability_margin.items()},
+            **{f"min_positive[{k}]": g.fraction for k, g in self.min_positive.items()},
+            **{f"max_positive[{k}]": g.fraction for k, g in self.max_positive.items()},
         }
+        for key in ("min_positive", "max_positive"):
+            for name, gate in getattr(self, key).items():
+                if not gate.genes or not all(isinstance(g, str) and g for g in gate.genes):
+                    msg = f"Spec {key}[{name}] must name at least one gene, got {gate.genes!r}."
+                    raise SpecError(msg)
+                if gate.rule not in GATE_RULES:
+                    msg = f"Spec {key}[{name}] rule {gate.rule!r} is not one of {GATE_RULES}."
+                    raise SpecError(msg)
         for name, value in limits.items():
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if not ok or math.isnan(value) or not 0 <= value <= 1:
@@ -152,6 +227,8 @@ class Spec:
             "max_target_fraction": self.max_target_fraction,
             "max_impurity": dict(self.max_impurity),
             "max_identity_fraction": dict(self.max_identity_fraction),
+            "min_positive": {k: g.to_yaml_value(k) for k, g in self.min_positive.items()},
+            "max_positive": {k: g.to_yaml_value(k) for k, g in self.max_positive.items()},
             "transgene_features": list(self.transgene_features),
             "comparability_margin": dict(self.comparability_margin),
             "example": self.example,
@@ -172,7 +249,13 @@ class Spec:
             msg = f"{source}: the spec lacks required field(s) {missing}."
             raise SpecError(msg)
         kwargs = dict(data)
-        for key in ("max_impurity", "max_identity_fraction", "comparability_margin"):
+        for key in (
+            "max_impurity",
+            "max_identity_fraction",
+            "comparability_margin",
+            "min_positive",
+            "max_positive",
+        ):
             if kwargs.get(key) is None:
                 kwargs[key] = {}
             elif not isinstance(kwargs[key], Mapping):
@@ -217,9 +300,13 @@ class Spec:
     @classmethod
     def from_profile(cls, profile: str | Mapping) -> Spec:
         """The example spec of a product profile (marked as an example, not a limit)."""
-        from ..atlas import load_profile
+        from ..atlas import load_profile, validate
 
-        p = load_profile(profile) if isinstance(profile, str | os.PathLike) else profile
+        p = (
+            load_profile(profile)
+            if isinstance(profile, str | os.PathLike)
+            else validate(profile, "profile")
+        )
         ex = p["example_spec"]
         return cls(
             product=p["name"],
@@ -229,6 +316,8 @@ class Spec:
             max_identity_fraction={
                 d["identity"]: d["max_fraction"] for d in ex.get("max_identity_fraction") or []
             },
+            min_positive=ex.get("min_positive") or {},
+            max_positive=ex.get("max_positive") or {},
             transgene_features=tuple(t["name"] for t in p.get("transgene_features", [])),
             example=True,
             note=" ".join(ex["note"].split()),

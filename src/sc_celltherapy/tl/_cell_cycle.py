@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anndata
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._validate import get_matrix
+from .._validate import gene_columns, gene_symbols, get_matrix
 from ._panels import present_genes
 
 # Cell-cycle programmes of Tirosh et al. 2016 (Science 352:189), as used by Seurat's cc.genes
@@ -84,7 +85,9 @@ def cell_cycle(adata: AnnData, *, layer: str | None = None) -> CellCycle | None:
     s_genes, g2m_genes = present_genes(adata, S_GENES), present_genes(adata, G2M_GENES)
     counts = sp.csr_matrix(get_matrix(adata, layer), dtype=np.float64)
     tmp = AnnData(X=counts.astype(np.float32))
-    tmp.var_names = adata.var_names
+    # programme genes by symbol (var_names may be Ensembl ids); a repeated symbol's first
+    # occurrence keeps its name, as gene_columns picks it
+    tmp.var_names = anndata.utils.make_index_unique(gene_symbols(adata))
     sc.pp.normalize_total(tmp, target_sum=1e4)
     sc.pp.log1p(tmp)
     all_of_bin = tmp.n_vars  # ctrl_size above any bin's size: the whole bin, no sampling
@@ -96,7 +99,7 @@ def cell_cycle(adata: AnnData, *, layer: str | None = None) -> CellCycle | None:
     median = np.median(score)
     spread = 1.4826 * np.median(np.abs(score - median))
     outliers = score > median + OUTLIER_Z * spread
-    programme = counts[:, adata.var_names.get_indexer(s_genes + g2m_genes)]
+    programme = counts[:, list(gene_columns(adata, s_genes + g2m_genes).values())]
     depth = np.asarray(counts.sum(axis=1)).ravel()
     # A minority of cycling cells are the high outliers; where half or more of the cells cycle
     # there are none, and scanpy's rule (a score above 0) seeds the mixture instead.

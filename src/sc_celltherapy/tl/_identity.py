@@ -10,11 +10,13 @@ from anndata import AnnData
 
 from .._logging import logger, timed
 from .._utils import uns_safe
-from .._validate import InputError, MissingKeyError
+from .._validate import InputError, MissingKeyError, check_counts
 from . import _panels
 
 TARGET, UNASSIGNED, OTHER = "target", "unassigned", "other reference labels"
 RESIDUAL_PLURIPOTENT = "residual pluripotent"
+MARKER_METHOD = "marker panels (within-cell rank enrichment, no reference)"
+REFERENCE_METHOD = "reference"
 
 
 def identity_score(
@@ -24,6 +26,10 @@ def identity_score(
     reference_key: str = "sct_ref",
     profile: str | Mapping | None = None,
     layer: str | None = None,
+    min_z: float = _panels.MIN_ENRICHMENT_Z,
+    margin: float = _panels.MIN_MARGIN,
+    min_genes: int = _panels.MIN_GENES_FOUND,
+    min_fraction: float = _panels.MIN_FRACTION_FOUND,
     key_added: str = "sct_identity",
 ) -> None:
     """Score each cell's closeness to the target identity and classify it.
@@ -32,20 +38,30 @@ def identity_score(
     probability of the target's reference labels, shrunk beyond the out-of-reference threshold
     (times ``min(1, threshold / oor_score)``); the class is the identity (target, each off-target
     or forbidden identity, or each other reference label when no profile is given) whose labels
-    hold the most probability, or ``"unassigned"`` for cells out of the reference. Without a
-    reference (hPSC products on a machine with no network), the profile's marker panels alone
-    classify cells (each identity's panel score from within-cell ranks, as AUCell and
-    singscore do; the highest wins), and ``uns`` says so. Either way a second,
-    orthogonal score comes from the target's marker panel (within-cell ranks of its positive
-    genes minus its negative genes), and residual pluripotent cells are called from the
-    pluripotency panel (:data:`~sc_celltherapy.tl._panels.PLURIPOTENCY_PANEL`: half or more of
-    it in the top quarter of the cell's expressed genes), which overrides the class.
+    hold the most probability, or ``"unassigned"`` for cells out of the reference.
+
+    Without a reference (hPSC products on a machine with no network, or ``reference none``), the
+    profile's marker panels decide, each with an absolute test. A panel's score is the mean
+    within-cell percentile of its positive genes minus that of its negative genes; its z-score
+    measures how far that lies above what random genes of the same cell give (see
+    :mod:`~sc_celltherapy.tl._panels`). A cell is an identity when that identity's panel is
+    enriched (``z >= min_z``) and its score beats every other assessed identity's by
+    ``margin`` null standard deviations of the difference; otherwise it is ``"unassigned"``. The identity score is then the target panel's
+    score, a continuous closeness in [0, 1].
+
+    Either way: an identity is assessed only when at least ``min_genes`` and ``min_fraction`` of
+    its positive genes are in the lot; in marker mode a target below that is refused, other
+    identities are reported "not assessed". Residual pluripotent cells come only from the
+    pluripotency detector (:data:`~sc_celltherapy.tl._panels.PLURIPOTENCY_PANEL`, the same for
+    every profile: half or more of it in the top quarter of the cell's expressed genes), never
+    from the panel contest, and the call overrides the class.
 
     Parameters
     ----------
     adata
         Lot with raw counts in ``.X`` or ``layer``, mapped with :func:`map_to_reference` unless
-        the marker panels alone are to be used.
+        the marker panels alone are to be used. Genes are matched by symbol (``var_names``, or a
+        symbol column of ``.var`` when ``var_names`` are Ensembl ids).
     target
         Target identity: the profile's target name, or one or several reference labels.
         ``None``: the profile's target.
@@ -53,23 +69,30 @@ def identity_score(
         ``key_added`` of :func:`map_to_reference`; when absent from ``.uns``, the marker
         panels of ``profile`` classify cells.
     profile
-        Product profile (name under ``reference_atlases/profiles`` or a loaded profile) that
-        names the target, off-target and forbidden identities and their marker panels.
+        Product profile: a shipped name, the path of a YAML file, or a dict (validated like a
+        file, :func:`sc_celltherapy.atlas.validate`).
     layer
         Layer with raw counts; ``None`` uses ``.X``.
+    min_z, margin
+        Enrichment threshold of the marker-panel decision, and the margin (in null standard
+        deviations of the difference of two panel scores) by which the winner must beat every
+        other identity.
+    min_genes, min_fraction
+        Coverage an identity's panel needs in the lot to be assessed.
     key_added
         Prefix of the result keys.
 
     Returns
     -------
     Nothing; adds ``obs[key_added]`` (identity score in [0, 1]),
-    ``obs[f"{key_added}_markers"]`` (target marker-panel score in [0, 1]),
-    ``obs[f"{key_added}_class"]`` (``"target"``, an off-target / forbidden identity name,
-    ``"residual pluripotent"`` or the profile's name for it, or ``"unassigned"``),
-    ``obs[f"{key_added}_pluripotency"]`` and ``obs[f"{key_added}_pluripotent"]``, and
-    ``uns[key_added]``: method (``"reference"`` or ``"marker panels (within-cell ranks)"``), the
-    identities with their reference labels, impurity classes and marker genes found, target,
-    profile.
+    ``obs[f"{key_added}_markers"]`` (target panel score, NaN when the target panel is not
+    assessed), ``obs[f"{key_added}_class"]`` (``"target"``, an off-target / forbidden identity
+    name, the profile's name for residual pluripotent cells, or ``"unassigned"``),
+    ``obs[f"{key_added}_pluripotency"]`` and ``obs[f"{key_added}_pluripotent"]`` (the
+    detector), ``obsm[f"{key_added}_panel_scores"]`` and ``obsm[f"{key_added}_panel_z"]``
+    (cells x assessed identities, columns named in ``uns[key_added]["panel_columns"]``), and
+    ``uns[key_added]``: method, thresholds, every identity's panel genes found and missing and
+    whether it was assessed, impurity classes, target, profile.
 
     Examples
     --------
@@ -77,9 +100,10 @@ def identity_score(
     >>> lot = sct.datasets.toy_product(n_cells=300, fractions={"T cell": 0.9, "monocyte": 0.1})
     >>> sct.tl.identity_score(lot, profile="car_t_demo")  # no reference: marker panels
     >>> lot.uns["sct_identity"]["method"]
-    'marker panels (within-cell ranks)'
+    'marker panels (within-cell rank enrichment, no reference)'
     """
-    prof = _load_profile(profile)
+    check_counts(adata, layer=layer)
+    prof = load_profile_arg(profile)
     mapped = reference_key in adata.uns
     ref_labels = list(adata.uns[reference_key]["labels"]) if mapped else []
     if mapped and f"{reference_key}_probs" not in adata.obsm:
@@ -95,41 +119,49 @@ def identity_score(
             "or pass profile= to classify with its marker panels."
         )
         raise MissingKeyError(msg)
-    identities = _identities(prof, target, ref_labels)
+    identities = resolve_identities(prof, target, ref_labels)
+    coverage = panel_coverage(adata, identities, min_genes=min_genes, min_fraction=min_fraction)
+    if not mapped:
+        check_target_coverage(coverage[identities[0]["name"]], identities[0]["name"])
 
-    pluri_panel = next(
-        (i["markers"]["positive"] for i in identities if i["class"] == "residual_pluripotent"),
-        _panels.PLURIPOTENCY_PANEL,
-    )
     pluri_name = next(
         (i["name"] for i in identities if i["class"] == "residual_pluripotent"),
         RESIDUAL_PLURIPOTENT,
     )
-    panel_genes = [*pluri_panel]
-    for i in identities:
-        panel_genes += i.get("markers", {}).get("positive", [])
-        panel_genes += i.get("markers", {}).get("negative", [])
-    table = _panels.percentile_table(adata, panel_genes, layer=layer)
-    target_markers = identities[0]["markers"]
-    marker_score, marker_genes = _panels.panel_score(
-        table, target_markers.get("positive", []), target_markers.get("negative", [])
-    )
-    pluri_score, pluripotent, pluri_genes = _panels.pluripotency(table, pluri_panel)
-
     with timed(f"identity of {adata.n_obs} cells"):
+        genes = [*_panels.PLURIPOTENCY_PANEL]
+        for i in identities:
+            genes += i.get("markers", {}).get("positive", [])
+            genes += i.get("markers", {}).get("negative", [])
+        table = _panels.percentile_table(adata, genes, layer=layer)
+        p = _panels.detected_fraction(adata, layer=layer)
+        contest = [i for i in identities if coverage.get(i["name"], {}).get("assessed")]
+        panels = {
+            i["name"]: _panels.panel_score(
+                table, p, i["markers"]["positive"], i["markers"].get("negative", [])
+            )
+            for i in contest
+        }
+        pluri_score, pluripotent, pluri_genes = _panels.pluripotency(table)
         if mapped:
             score, classes = _from_reference(adata, reference_key, identities)
-            method = "reference"
+            method = REFERENCE_METHOD
         else:
-            score, classes = _from_markers(table, identities)
-            method = "marker panels (within-cell ranks)"
+            score, classes = _from_markers(panels, contest, p, min_z=min_z, margin=margin)
+            method = MARKER_METHOD
     classes = np.where(pluripotent, pluri_name, classes)
 
+    target_panel = panels.get(identities[0]["name"])
     adata.obs[key_added] = score
-    adata.obs[f"{key_added}_markers"] = marker_score
+    adata.obs[f"{key_added}_markers"] = (
+        target_panel.score if target_panel is not None else np.full(adata.n_obs, np.nan)
+    )
     adata.obs[f"{key_added}_class"] = pd.Categorical(classes)
     adata.obs[f"{key_added}_pluripotency"] = pluri_score
     adata.obs[f"{key_added}_pluripotent"] = pluripotent
+    columns = list(panels)
+    adata.obsm[f"{key_added}_panel_scores"] = _columns(panels, "score", adata.n_obs)
+    adata.obsm[f"{key_added}_panel_z"] = _columns(panels, "z", adata.n_obs)
     impurity_class = {i["name"]: i["class"] for i in identities} | {
         pluri_name: "residual_pluripotent"
     }
@@ -144,34 +176,69 @@ def identity_score(
                 i["name"]: {
                     "class": i["class"],
                     "reference_labels": list(i["reference_labels"]),
+                    **coverage.get(i["name"], {"assessed": False, "reason": "no marker panel"}),
                 }
                 for i in identities
             },
+            "not_assessed": [
+                name for name, c in coverage.items() if not c["assessed"] and name != pluri_name
+            ],
+            "panel_columns": columns,
             "impurity_class": impurity_class,
-            "marker_genes_used": marker_genes,
+            "marker_genes_used": (
+                target_panel.positive + target_panel.negative if target_panel else []
+            ),
             "pluripotency_genes_used": pluri_genes,
-            "pluripotent_min_percentile": _panels.PLURIPOTENT_MIN_PERCENTILE,
+            "thresholds": {
+                "min_z": min_z,
+                "margin": margin,
+                "min_genes": min_genes,
+                "min_fraction": min_fraction,
+                "pluripotent_min_percentile": _panels.PLURIPOTENT_MIN_PERCENTILE,
+            },
+            "rules": {
+                "identity": (
+                    "an identity when its panel's z >= min_z against random genes of the same "
+                    "cell and its score (mean within-cell percentile of positive genes minus "
+                    "negative genes) exceeds every other assessed identity's by margin null "
+                    "standard deviations of the difference; else unassigned"
+                    if method == MARKER_METHOD
+                    else "the identity whose reference labels hold the most calibrated "
+                    "probability; unassigned beyond the out-of-reference threshold"
+                ),
+                "residual_pluripotent": (
+                    "pluripotency detector: median within-cell percentile of "
+                    f"{list(_panels.PLURIPOTENCY_PANEL)} (genes found: at least "
+                    f"{_panels.MIN_PANEL_GENES}) >= {_panels.PLURIPOTENT_MIN_PERCENTILE}; the "
+                    "same panel for every profile, overriding the class"
+                ),
+            },
         }
     )
     counts = pd.Series(classes).value_counts()
     logger.info("identity classes: %s", counts.to_dict())
 
 
-def _load_profile(profile) -> dict | None:
-    if profile is None or isinstance(profile, Mapping):
-        return profile
-    from ..atlas import load_profile
+def load_profile_arg(profile) -> dict | None:
+    """A profile given by name, path or dict, validated the same way whichever it is."""
+    if profile is None:
+        return None
+    from ..atlas import load_profile, validate
 
+    if isinstance(profile, Mapping):
+        return validate(profile, "profile")
     return load_profile(profile)
 
 
-def _identities(prof: dict | None, target, ref_labels: list[str]) -> list[dict]:
+def resolve_identities(prof: dict | None, target, ref_labels: list[str]) -> list[dict]:
     """Target first, then off-target and forbidden identities, each with its reference labels,
     impurity class and markers."""
     targets = [target] if isinstance(target, str) else list(target or [])
     if prof is not None and (not targets or targets == [prof["target"]["name"]]):
         first = {**prof["target"], "class": TARGET}
-        first["reference_labels"] = [lab for lab in first["reference_labels"] if lab in ref_labels]
+        first["reference_labels"] = [
+            lab for lab in first.get("reference_labels", []) if lab in ref_labels
+        ]
     elif targets:
         unknown = [t for t in targets if t not in ref_labels]
         if unknown:
@@ -210,6 +277,59 @@ def _identities(prof: dict | None, target, ref_labels: list[str]) -> list[dict]:
     return [first, *others]
 
 
+def panel_coverage(
+    adata: AnnData, identities: list[dict], *, min_genes: int, min_fraction: float
+) -> dict[str, dict]:
+    """Per identity with a marker panel: positive genes found and missing in the lot, and
+    whether that is enough to assess it. The residual-pluripotent identity is the detector's
+    business and takes no part in the panel contest."""
+    out = {}
+    for ident in identities:
+        positive = ident.get("markers", {}).get("positive", [])
+        if not positive:
+            continue
+        found = _panels.present_genes(adata, positive)
+        missing = [g for g in positive if g not in found]
+        needed = _panels.genes_needed(len(positive), min_genes=min_genes, min_fraction=min_fraction)
+        record = {"genes_found": found, "genes_missing": missing, "genes_needed": needed}
+        if ident["class"] == "residual_pluripotent":
+            record |= {"assessed": False, "reason": "called by the pluripotency detector"}
+        elif len(found) < needed:
+            record |= {
+                "assessed": False,
+                "reason": f"not assessed: {len(found)} of {len(positive)} panel genes in the lot, "
+                f"{needed} needed",
+            }
+        else:
+            record |= {"assessed": True, "reason": ""}
+        out[ident["name"]] = record
+    return out
+
+
+def check_target_coverage(record: dict | None, name: str) -> None:
+    """Refuse a marker-only identity call whose target panel is not in the lot."""
+    if record is None:
+        msg = f"The target {name!r} has no marker panel; marker panels cannot classify cells."
+        raise InputError(msg)
+    if record["assessed"]:
+        return
+    msg = (
+        f"The target {name!r} cannot be assessed from its marker panel: only "
+        f"{len(record['genes_found'])} of its genes are in the lot ({record['genes_found']}), "
+        f"{record['genes_needed']} needed; missing {record['genes_missing']}. Likely causes: "
+        "genes named by Ensembl ids without a symbol column, another species' symbols, or a "
+        "matrix cut to a gene subset (e.g. highly variable genes). Give the full count matrix "
+        "with gene symbols, or lower min_genes / min_fraction knowingly."
+    )
+    raise InputError(msg)
+
+
+def _columns(panels: dict, what: str, n: int) -> np.ndarray:
+    if not panels:
+        return np.zeros((n, 0))
+    return np.column_stack([getattr(s, what) for s in panels.values()])
+
+
 def _from_reference(adata, reference_key, identities) -> tuple[np.ndarray, np.ndarray]:
     labels = list(adata.uns[reference_key]["labels"])
     probs = np.asarray(adata.obsm[f"{reference_key}_probs"], dtype=np.float64)
@@ -228,24 +348,27 @@ def _from_reference(adata, reference_key, identities) -> tuple[np.ndarray, np.nd
     return score, np.where(unassigned, UNASSIGNED, classes)
 
 
-def _from_markers(table, identities) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-based panel classification (in the manner of AUCell / singscore): each identity's
-    panel score (:func:`~sc_celltherapy.tl._panels.panel_score`), the class with the highest
-    score, unassigned when no panel has any evidence; the identity score is the target's share
-    of the summed panel scores."""
-    with_panel = [i for i in identities if i.get("markers", {}).get("positive")]
-    if not with_panel or with_panel[0] is not identities[0]:
-        msg = "The profile's target has no positive marker genes; marker panels cannot classify."
-        raise InputError(msg)
-    scores = np.column_stack(
-        [
-            _panels.panel_score(table, i["markers"]["positive"], i["markers"].get("negative", []))[
-                0
-            ]
-            for i in with_panel
-        ]
-    )
-    names = np.array([i.get("name_in_class", i["name"]) for i in with_panel], dtype=object)
-    total = scores.sum(axis=1)
-    share = np.divide(scores[:, 0], total, out=np.zeros_like(total), where=total > 0)
-    return share, np.where(total > 0, names[scores.argmax(axis=1)], UNASSIGNED)
+def _from_markers(
+    panels: dict[str, _panels.PanelScore],
+    contest: list[dict],
+    p: np.ndarray,
+    *,
+    min_z: float,
+    margin: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The identity with the highest panel score, when its panel is enriched (``z >= min_z``)
+    and its score exceeds every other assessed identity's by ``margin`` null standard deviations
+    of the difference; unassigned otherwise. The identity score is the target panel's score."""
+    scores = np.column_stack([panels[i["name"]].score for i in contest])
+    z = np.column_stack([panels[i["name"]].z for i in contest])
+    sizes = np.array([len(panels[i["name"]].positive) for i in contest], dtype=np.float64)
+    names = np.array([i.get("name_in_class", i["name"]) for i in contest], dtype=object)
+    rows = np.arange(len(scores))
+    best = scores.argmax(axis=1)
+    # the difference of two panels' means under the within-cell null: variance v (1/m1 + 1/m2)
+    v = np.maximum(p / 3 - p**2 / 4, 1e-12)[:, None]
+    sd = np.sqrt(v * (1 / sizes[best][:, None] + 1 / sizes[None, :]))
+    contrast = (scores[rows, best][:, None] - scores) / sd
+    contrast[rows, best] = np.inf
+    decided = (z[rows, best] >= min_z) & (contrast.min(axis=1) >= margin)
+    return scores[:, 0], np.where(decided, names[best], UNASSIGNED)

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _stats
 from .._logging import logger
 from .._utils import plain, uns_safe
-from .._validate import InputError, MissingKeyError, get_matrix
-from ..release._spec import Spec
+from .._validate import InputError, MissingKeyError, check_counts, gene_columns, get_matrix
+from ..release._spec import DETECTION_RULE, Spec
 from . import _cell_cycle
 from ._identity import TARGET, UNASSIGNED
 
@@ -22,6 +23,7 @@ LEVEL = 0.95
 # classes whose fraction is of all barcodes called cells, and the QC flag that counts them
 _QC_CLASSES = {"doublets": "sct_doublet", "low_quality": "sct_low_quality"}
 IMPURITY_COLUMNS = ["n", "fraction", "ci_low", "ci_high", "limit", "verdict", "cells_needed"]
+GATE_COLUMNS = [*IMPURITY_COLUMNS, "kind", "genes", "rule"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class PurityReport:
     spec: dict[str, Any]
     notes: list[str]
     method: dict[str, Any]
+    marker_gates: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=GATE_COLUMNS), repr=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values (``None`` where there is no limit or verdict)."""
@@ -71,6 +76,7 @@ class PurityReport:
                 "qc_excluded": dict(self.qc_excluded),
                 "target": self.target.__dict__,
                 "impurities": {k: dict(row) for k, row in frame.iterrows()},
+                "marker_gates": {k: dict(row) for k, row in self.marker_gates.iterrows()},
                 "lod95": self.lod95,
                 "verdict": self.verdict,
                 "transgene": self.transgene,
@@ -87,6 +93,8 @@ class PurityReport:
         """Target and impurity rows in one table, as a report prints them."""
         rows = {TARGET: {**self.target.__dict__, "denominator": "assessed"}}
         rows |= self.impurities.astype(object).to_dict(orient="index")
+        gates = self.marker_gates.assign(denominator="assessed")
+        rows |= {f"marker:{k}": v for k, v in gates.astype(object).to_dict(orient="index").items()}
         return pd.DataFrame.from_dict(rows, orient="index")[[*IMPURITY_COLUMNS, "denominator"]]
 
     @classmethod
@@ -107,6 +115,9 @@ class PurityReport:
             spec=d["spec"],
             notes=d.get("notes", []),
             method=d["method"],
+            marker_gates=pd.DataFrame.from_dict(
+                d.get("marker_gates") or {}, orient="index"
+            ).reindex(columns=GATE_COLUMNS),
         )
 
 
@@ -154,6 +165,8 @@ def assess_purity(
     if not isinstance(spec, Spec):
         msg = f"spec must be a sc_celltherapy.release.Spec, got {type(spec).__name__}."
         raise InputError(msg)
+    check_counts(adata, layer=layer)  # the proliferation model and marker gates need counts
+    check_marker_gates(adata, spec)
     class_col = f"{identity_key}_class"
     if class_col not in adata.obs or identity_key not in adata.uns:
         msg = f"adata.obs has no {class_col!r}: run sct.tl.identity_score before assess_purity."
@@ -167,6 +180,14 @@ def assess_purity(
         raise InputError("No cell is left to assess after QC; nothing can be reported.")
     classes = adata.obs[class_col].astype(str).to_numpy()[assessed]
     impurity_class = dict(info["impurity_class"])
+    for name in info.get("not_assessed", []):
+        rec = info["identities"][name]
+        notes.append(
+            f"identity {name!r} not assessed: {len(rec['genes_found'])} of its "
+            f"{len(rec['genes_found']) + len(rec['genes_missing'])} panel genes in the lot "
+            f"({rec['genes_needed']} needed; missing {list(rec['genes_missing'])}); its cells "
+            "cannot be told apart and are not counted as that identity"
+        )
 
     k_target = int((classes == TARGET).sum())
     target = _target_row(k_target, n, spec)
@@ -223,8 +244,9 @@ def assess_purity(
     impurities = pd.DataFrame.from_dict(rows, orient="index")
     impurities = impurities[[*IMPURITY_COLUMNS, "denominator"]]
 
+    gates = _marker_gates(adata, spec, assessed, layer)
     transgene = _transgene(adata, spec, assessed, layer)
-    verdicts = [target.verdict, *impurities["verdict"]]
+    verdicts = [target.verdict, *impurities["verdict"], *gates["verdict"]]
     report = PurityReport(
         n_cells=n,
         n_barcodes=n_barcodes,
@@ -236,7 +258,9 @@ def assess_purity(
         transgene=transgene,
         spec=spec.to_dict(),
         notes=notes,
+        marker_gates=gates,
         method={
+            "marker_gates": DETECTION_RULE,
             "interval": "Wilson score, 95%; k = 0: exact one-sided upper bound 1 - 0.05^(1/n)",
             "lod95": "1 - 0.05^(1/n): fraction seen at least once with 95% probability",
             "channels": "pooled (cells of all channels summed)",
@@ -308,6 +332,53 @@ def _target_row(k: int, n: int, spec: Spec) -> TargetFraction:
         verdict=_stats.verdict(lo, hi, limit, kind="min"),
         cells_needed=_stats.cells_needed(k / n, limit, kind="min", level=LEVEL),
     )
+
+
+def check_marker_gates(adata: AnnData, spec: Spec) -> None:
+    """Refuse a spec whose marker-gate genes are not in the lot's matrix."""
+    named = [
+        g
+        for key in ("min_positive", "max_positive")
+        for gate in getattr(spec, key).values()
+        for g in gate.genes
+    ]
+    missing = sorted(set(named) - set(gene_columns(adata, named)))
+    if missing:
+        msg = (
+            f"Marker-gate gene(s) {missing} named by the spec are not in the lot's matrix. Check "
+            "the symbols (HGNC, e.g. NT5E for CD73), or that the matrix is the full one, not a "
+            "gene subset."
+        )
+        raise InputError(msg)
+
+
+def _marker_gates(adata: AnnData, spec: Spec, assessed: np.ndarray, layer) -> pd.DataFrame:
+    """One row per gate: cells positive (detection rule of the spec module), fraction with its
+    interval, limit, kind (min / max) and verdict."""
+    rows = {}
+    X = None
+    for kind, gates in (("min", spec.min_positive), ("max", spec.max_positive)):
+        for name, gate in gates.items():
+            if X is None:
+                X = get_matrix(adata, layer)
+            sub = X[:, list(gene_columns(adata, gate.genes).values())] > 0
+            detected = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+            positive = detected.all(axis=1) if gate.rule == "all" else detected.any(axis=1)
+            k, n = int(positive[assessed].sum()), int(assessed.sum())
+            lo, hi = _stats.fraction_interval(k, n, LEVEL)
+            rows[name] = {
+                "n": k,
+                "fraction": k / n,
+                "ci_low": lo,
+                "ci_high": hi,
+                "limit": gate.fraction,
+                "verdict": _stats.verdict(lo, hi, gate.fraction, kind=kind),
+                "cells_needed": _stats.cells_needed(k / n, gate.fraction, kind=kind, level=LEVEL),
+                "kind": kind,
+                "genes": list(gate.genes),
+                "rule": gate.rule,
+            }
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=GATE_COLUMNS)
 
 
 def check_transgene_features(adata: AnnData, spec: Spec) -> None:
