@@ -38,10 +38,18 @@ def plain(value):
     return value
 
 
+# h5ad keys cannot hold "/" (a path separator in HDF5); names such as "epithelial / mesothelial
+# cells" are stored with the look-alike division slash instead
+_H5_SLASH = "\u2215"
+
+
 def uns_safe(value):
-    """Drop ``None`` and turn numpy scalars into Python ones, so ``.uns`` writes to ``.h5ad``."""
+    """Drop ``None``, turn numpy scalars into Python ones and replace "/" in keys with a
+    division slash, so ``.uns`` writes to ``.h5ad``."""
     if isinstance(value, dict):
-        return {str(k): uns_safe(v) for k, v in value.items() if v is not None}
+        return {
+            str(k).replace("/", _H5_SLASH): uns_safe(v) for k, v in value.items() if v is not None
+        }
     if isinstance(value, list | tuple):
         return [uns_safe(v) for v in value]
     if isinstance(value, np.generic):

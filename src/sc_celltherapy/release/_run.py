@@ -570,6 +570,8 @@ def identity_record(info: Mapping, bundle) -> dict[str, Any]:
     """How identities were called, stated first in results.json and the report: the method,
     the rules and thresholds, and per identity the panel genes used, missing and whether it was
     assessed."""
+    from ..tl._identity import identity_records
+
     if bundle is None:
         statement = (
             "Identity comes from the product profile's marker panels alone, with no reference "
@@ -598,7 +600,7 @@ def identity_record(info: Mapping, bundle) -> dict[str, Any]:
                 "genes_found": list(rec.get("genes_found", [])),
                 "genes_missing": list(rec.get("genes_missing", [])),
             }
-            for name, rec in info["identities"].items()
+            for name, rec in identity_records(info).items()
         },
         "not_assessed": list(info.get("not_assessed", [])),
     }

@@ -92,7 +92,7 @@ def identity_score(
     detector), ``obsm[f"{key_added}_panel_scores"]`` and ``obsm[f"{key_added}_panel_z"]``
     (cells x assessed identities, columns named in ``uns[key_added]["panel_columns"]``), and
     ``uns[key_added]``: method, thresholds, every identity's panel genes found and missing and
-    whether it was assessed, impurity classes, target, profile.
+    whether it was assessed (:func:`identity_records` reads them by name), target, profile.
 
     Examples
     --------
@@ -162,9 +162,6 @@ def identity_score(
     columns = list(panels)
     adata.obsm[f"{key_added}_panel_scores"] = _columns(panels, "score", adata.n_obs)
     adata.obsm[f"{key_added}_panel_z"] = _columns(panels, "z", adata.n_obs)
-    impurity_class = {i["name"]: i["class"] for i in identities} | {
-        pluri_name: "residual_pluripotent"
-    }
     adata.uns[key_added] = uns_safe(
         {
             "method": method,
@@ -172,19 +169,21 @@ def identity_score(
             "profile": prof["name"] if prof else None,
             "target": list(identities[0]["reference_labels"]) or [identities[0]["name"]],
             "target_name": identities[0]["name"],
+            # by position, the name a field: h5ad keys cannot hold the "/" of some names
             "identities": {
-                i["name"]: {
+                str(k): {
+                    "name": i["name"],
                     "class": i["class"],
                     "reference_labels": list(i["reference_labels"]),
                     **coverage.get(i["name"], {"assessed": False, "reason": "no marker panel"}),
                 }
-                for i in identities
+                for k, i in enumerate(identities)
             },
+            "pluripotent_name": pluri_name,
             "not_assessed": [
                 name for name, c in coverage.items() if not c["assessed"] and name != pluri_name
             ],
             "panel_columns": columns,
-            "impurity_class": impurity_class,
             "marker_genes_used": (
                 target_panel.positive + target_panel.negative if target_panel else []
             ),
@@ -217,6 +216,19 @@ def identity_score(
     )
     counts = pd.Series(classes).value_counts()
     logger.info("identity classes: %s", counts.to_dict())
+
+
+def identity_records(info: Mapping) -> dict[str, dict]:
+    """``uns["sct_identity"]["identities"]`` by identity name, in the profile's order."""
+    stored = info["identities"]
+    return {stored[k]["name"]: dict(stored[k]) for k in sorted(stored, key=int)}
+
+
+def impurity_classes(info: Mapping) -> dict[str, str]:
+    """Identity name to impurity class (``target``, ``off_target``, ``residual_pluripotent``),
+    the pluripotency detector's calls included."""
+    out = {name: rec["class"] for name, rec in identity_records(info).items()}
+    return out | {info["pluripotent_name"]: "residual_pluripotent"}
 
 
 def load_profile_arg(profile) -> dict | None:

@@ -17,7 +17,7 @@ from .._utils import plain, uns_safe
 from .._validate import InputError, MissingKeyError, check_counts, gene_columns, get_matrix
 from ..release._spec import DETECTION_RULE, Spec
 from . import _cell_cycle
-from ._identity import TARGET, UNASSIGNED
+from ._identity import TARGET, UNASSIGNED, identity_records, impurity_classes
 
 LEVEL = 0.95
 # classes whose fraction is of all barcodes called cells, and the QC flag that counts them
@@ -172,16 +172,17 @@ def assess_purity(
         msg = f"adata.obs has no {class_col!r}: run sct.tl.identity_score before assess_purity."
         raise MissingKeyError(msg)
     info = adata.uns[identity_key]
-    known = set(info["identities"]) | set(info["target"]) | {info["target_name"]}
+    records = identity_records(info)
+    known = set(records) | set(info["target"]) | {info["target_name"]}
     spec.check_identities(known, where=f"the identity scoring (profile {info.get('profile')})")
     assessed, n_barcodes, qc_excluded, notes = _assessed_cells(adata)
     n = int(assessed.sum())
     if n == 0:
         raise InputError("No cell is left to assess after QC; nothing can be reported.")
     classes = adata.obs[class_col].astype(str).to_numpy()[assessed]
-    impurity_class = dict(info["impurity_class"])
+    impurity_class = impurity_classes(info)
     for name in info.get("not_assessed", []):
-        rec = info["identities"][name]
+        rec = records[name]
         notes.append(
             f"identity {name!r} not assessed: {len(rec['genes_found'])} of its "
             f"{len(rec['genes_found']) + len(rec['genes_missing'])} panel genes in the lot "
