@@ -10,6 +10,7 @@ false-positive rate and the limit of blank (95th percentile of blank estimates).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,11 +126,14 @@ def mix(
                 "replace=True (cells drawn with replacement; the result says so)."
             )
             raise InputError(msg)
-    parts = [
-        base[np.sort(rng.choice(base.n_obs, n_base, replace=replace))],
-        spike[np.sort(rng.choice(spike.n_obs, n_spike, replace=replace))],
-    ]
-    lot = ad.concat(parts, join="inner", merge="same", index_unique=None)
+    with warnings.catch_warnings():
+        # a cell drawn twice repeats its name until the lot's cells are renamed below
+        warnings.filterwarnings("ignore", "Observation names are not unique", UserWarning)
+        parts = [
+            base[np.sort(rng.choice(base.n_obs, n_base, replace=replace))],
+            spike[np.sort(rng.choice(spike.n_obs, n_spike, replace=replace))],
+        ]
+        lot = ad.concat(parts, join="inner", merge="same", index_unique=None)
     lot.obs[SPIKE_KEY] = np.r_[np.zeros(n_base, bool), np.ones(n_spike, bool)]
     lot.obs_names = [f"{name}-{i}" for i, name in enumerate(lot.obs_names)]
     return lot

@@ -180,3 +180,13 @@ def test_purity_needs_identity_first():
     lot = sct.datasets.toy_product(n_cells=200)
     with pytest.raises(KeyError, match="run sct.tl.identity_score before assess_purity"):
         sct.tl.assess_purity(lot, _pluripotent_spec(0.01))
+
+
+def test_purity_refuses_values_that_are_not_counts():
+    """Log values would run the count-based proliferation model: refused before any fraction."""
+    lot = sct.datasets.toy_product(n_cells=300, fractions={"T cell": 0.9, "monocyte": 0.1})
+    sct.tl.identity_score(lot, profile="car_t_demo")
+    lot.X = np.log1p(lot.X)
+    with pytest.raises(sct.InputError, match="log-normalised"):
+        sct.tl.assess_purity(lot, Spec.from_profile("car_t_demo"))
+    assert "sct_purity" not in lot.uns

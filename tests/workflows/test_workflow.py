@@ -108,3 +108,20 @@ def test_bad_config_is_refused_at_start_up(tmp_path):
     proc = _snakemake("--configfile", str(bad), "-n")
     assert proc.returncode != 0
     assert "seed" in proc.stdout + proc.stderr
+
+
+def test_reference_none_plans_no_mapping():
+    """`reference: none`: no lot is mapped; score reads the QC'd lot; release gets 'none'."""
+    proc = _snakemake(
+        "--configfile",
+        str(WORKFLOW / "config" / "test.yaml"),
+        "--config",
+        "reference=none",
+        "-n",
+        "-p",
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "rule map:" not in out and "rule map\n" not in out
+    assert "--reference none" in out
+    assert "steps/qc.h5ad --product car_t_demo" in out  # score of the QC'd lot

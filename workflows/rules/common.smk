@@ -36,6 +36,16 @@ def stepwise_lots():
     return list(SAMPLES["lot"]) if chosen == "all" else list(chosen)
 
 
+def no_reference():
+    """`reference: none`: identities from the product profile's marker panels, nothing mapped."""
+    return str(config["reference"]).lower() == "none"
+
+
+def score_input(wildcards):
+    step = "qc" if no_reference() else "mapped"
+    return f"{OUT}/{wildcards.lot}/steps/{step}.h5ad"
+
+
 def spec_args():
     args = f"--product {config['product']}"
     if config.get("spec"):

@@ -1,7 +1,8 @@
 rule score:
-    """Identity and purity of a mapped lot against the spec (`sc-celltherapy score`)."""
+    """Identity and purity of a lot against the spec (`sc-celltherapy score`): of the mapped
+    lot, or with `reference: none` of the QC'd lot from the profile's marker panels."""
     input:
-        f"{OUT}/{{lot}}/steps/mapped.h5ad",
+        score_input,
     output:
         h5ad=f"{OUT}/{{lot}}/steps/scored.h5ad",
         report=f"{OUT}/{{lot}}/steps/purity.json",
