@@ -222,7 +222,7 @@ def sweep(scored) -> list[dict]:
                     "margin": margin,
                     "car_t_on_cart": sens.get("car_t_demo on CAR-T cells"),
                     "nk_on_blood_nk": sens.get("ipsc_nk_t_car on blood NK"),
-                    "nk_on_marrow_nk": sens.get("ipsc_nk_t_car on marrow NK"),
+                    "nk_on_pbmc_nk": sens.get("ipsc_nk_t_car on PBMC NK"),
                     "worst_false_target": spec[worst],
                     "worst_false_target_case": worst,
                 }

@@ -122,7 +122,7 @@ def identity_score(
     identities = resolve_identities(prof, target, ref_labels)
     coverage = panel_coverage(adata, identities, min_genes=min_genes, min_fraction=min_fraction)
     if not mapped:
-        check_target_coverage(coverage[identities[0]["name"]], identities[0]["name"])
+        check_target_coverage(coverage.get(identities[0]["name"]), identities[0]["name"])
 
     pluri_name = next(
         (i["name"] for i in identities if i["class"] == "residual_pluripotent"),
