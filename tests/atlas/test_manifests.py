@@ -314,3 +314,18 @@ def test_registry_lists_bundles_and_manifests():
     table = sct.atlas.list()
     kinds = table.groupby("kind")["name"].apply(set)
     assert kinds["atlas"] == ATLASES and kinds["profile"] == PROFILES
+
+
+def test_the_readme_profile_example_is_a_valid_marker_only_profile(tmp_path):
+    """The profile reference_atlases/README.md shows a lab validates as written."""
+    from sc_celltherapy.atlas._manifests import manifests_dir
+    from sc_celltherapy.release import Spec
+
+    text = (manifests_dir() / "README.md").read_text()
+    start = text.index("```yaml") + len("```yaml")
+    path = tmp_path / "my_da_product.yaml"
+    path.write_text(text[start : text.index("```", start)])
+    profile = sct.atlas.load_profile(path)
+    assert profile["atlas"] is None
+    spec = Spec.from_profile(path)
+    assert spec.min_positive["FOXA2"].fraction == 0.8 and spec.example
