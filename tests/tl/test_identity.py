@@ -270,3 +270,21 @@ def test_marker_panels_on_a_reduced_gene_panel():
     b = (truth == "CD19+ B").to_numpy()
     assert (got[b] == "B-lineage cells").mean() >= 0.4, table
     assert (got[~b] == "B-lineage cells").sum() == 0, table
+
+
+def test_residual_pluripotent_limit_needs_the_detectors_genes(cart_cells):
+    """A spec that limits residual pluripotent cells on a lot without the detector's genes is
+    refused, not reported as 0%."""
+    cells = cart_cells[:300].copy()
+    cells = cells[
+        :,
+        ~cells.var_names.isin(
+            ["POU5F1", "NANOG", "LIN28A", "DPPA4", "TDGF1", "ZFP42", "L1TD1", "DNMT3B"]
+        ),
+    ].copy()
+    sct.tl.identity_score(cells, profile="ipsc_nk_t_car")
+    info = cells.uns["sct_identity"]
+    assert "residual undifferentiated cells" in info["not_assessed"]
+    assert identity_records(info)["residual undifferentiated cells"].get("called_by") is None
+    with pytest.raises(sct.InputError, match="no data for it"):
+        sct.tl.assess_purity(cells, sct.release.Spec.from_profile("ipsc_nk_t_car"))

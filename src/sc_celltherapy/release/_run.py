@@ -596,6 +596,7 @@ def identity_record(info: Mapping, bundle) -> dict[str, Any]:
             name: {
                 "class": rec["class"],
                 "assessed": bool(rec.get("assessed", False)),
+                "called_by": rec.get("called_by"),
                 "reason": rec.get("reason", ""),
                 "genes_found": list(rec.get("genes_found", [])),
                 "genes_missing": list(rec.get("genes_missing", [])),

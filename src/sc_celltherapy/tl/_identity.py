@@ -151,6 +151,7 @@ def identity_score(
             method = MARKER_METHOD
     classes = np.where(pluripotent, pluri_name, classes)
 
+    records = _records(identities, coverage, mapped=mapped, pluri_genes=pluri_genes)
     target_panel = panels.get(identities[0]["name"])
     adata.obs[key_added] = score
     adata.obs[f"{key_added}_markers"] = (
@@ -175,14 +176,12 @@ def identity_score(
                     "name": i["name"],
                     "class": i["class"],
                     "reference_labels": list(i["reference_labels"]),
-                    **coverage.get(i["name"], {"assessed": False, "reason": "no marker panel"}),
+                    **records[i["name"]],
                 }
                 for k, i in enumerate(identities)
             },
             "pluripotent_name": pluri_name,
-            "not_assessed": [
-                name for name, c in coverage.items() if not c["assessed"] and name != pluri_name
-            ],
+            "not_assessed": [name for name, rec in records.items() if not rec["assessed"]],
             "panel_columns": columns,
             "marker_genes_used": (
                 target_panel.positive + target_panel.negative if target_panel else []
@@ -304,17 +303,50 @@ def panel_coverage(
         missing = [g for g in positive if g not in found]
         needed = _panels.genes_needed(len(positive), min_genes=min_genes, min_fraction=min_fraction)
         record = {"genes_found": found, "genes_missing": missing, "genes_needed": needed}
-        if ident["class"] == "residual_pluripotent":
-            record |= {"assessed": False, "reason": "called by the pluripotency detector"}
+        if ident["class"] == "residual_pluripotent":  # the detector's, see _records
+            record |= {"assessed": False, "reason": ""}
         elif len(found) < needed:
             record |= {
                 "assessed": False,
                 "reason": f"not assessed: {len(found)} of {len(positive)} panel genes in the lot, "
-                f"{needed} needed",
+                f"{needed} needed; missing {missing}",
             }
         else:
             record |= {"assessed": True, "reason": ""}
         out[ident["name"]] = record
+    return out
+
+
+def _records(identities, coverage, *, mapped: bool, pluri_genes: list[str]) -> dict[str, dict]:
+    """Per identity: its panel's coverage, whether this run can call it at all (``assessed``)
+    and by what (``called_by``: reference labels, marker panel or the pluripotency detector)."""
+    out = {}
+    for ident in identities:
+        rec = {"genes_found": [], "genes_missing": [], "genes_needed": 0}
+        rec |= coverage.get(ident["name"], {"assessed": False, "reason": "no marker panel"})
+        rec["panel_assessed"] = rec["assessed"]
+        if ident["class"] == "residual_pluripotent":
+            ok = len(pluri_genes) >= _panels.MIN_PANEL_GENES
+            rec |= {
+                "assessed": ok,
+                "called_by": "pluripotency detector" if ok else None,
+                "reason": ""
+                if ok
+                else f"not assessed: {len(pluri_genes)} pluripotency detector "
+                f"genes in the lot, {_panels.MIN_PANEL_GENES} needed",
+            }
+        elif mapped and ident["reference_labels"]:
+            rec |= {"assessed": True, "called_by": "reference labels", "reason": ""}
+        elif mapped:
+            rec |= {
+                "assessed": False,
+                "called_by": None,
+                "reason": "not assessed: no label of this reference (its cells go to the nearest "
+                "label or are unassigned)",
+            }
+        else:
+            rec["called_by"] = "marker panel" if rec["assessed"] else None
+        out[ident["name"]] = rec
     return out
 
 

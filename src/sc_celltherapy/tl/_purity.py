@@ -18,6 +18,7 @@ from .._validate import InputError, MissingKeyError, check_counts, gene_columns,
 from ..release._spec import DETECTION_RULE, Spec
 from . import _cell_cycle
 from ._identity import TARGET, UNASSIGNED, identity_records, impurity_classes
+from ._panels import MIN_PANEL_GENES as _PLURI_MIN_GENES
 
 LEVEL = 0.95
 # classes whose fraction is of all barcodes called cells, and the QC flag that counts them
@@ -182,13 +183,18 @@ def assess_purity(
     classes = adata.obs[class_col].astype(str).to_numpy()[assessed]
     impurity_class = impurity_classes(info)
     for name in info.get("not_assessed", []):
-        rec = records[name]
         notes.append(
-            f"identity {name!r} not assessed: {len(rec['genes_found'])} of its "
-            f"{len(rec['genes_found']) + len(rec['genes_missing'])} panel genes in the lot "
-            f"({rec['genes_needed']} needed; missing {list(rec['genes_missing'])}); its cells "
-            "cannot be told apart and are not counted as that identity"
+            f"identity {name!r} {records[name]['reason'] or 'not assessed'}; its cells are not "
+            "counted as that identity"
         )
+    pluri_genes = list(info.get("pluripotency_genes_used", []))
+    if "residual_pluripotent" in spec.max_impurity and len(pluri_genes) < _PLURI_MIN_GENES:
+        msg = (
+            "The spec limits 'residual_pluripotent' but the lot has no data for it: only "
+            f"{pluri_genes} of the pluripotency detector's genes are in the matrix, "
+            f"{_PLURI_MIN_GENES} needed. Give the full count matrix."
+        )
+        raise InputError(msg)
 
     k_target = int((classes == TARGET).sum())
     target = _target_row(k_target, n, spec)
