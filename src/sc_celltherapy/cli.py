@@ -416,6 +416,8 @@ def _release_summary(result) -> str:
     lines.append(f"  {'criterion':<32} {'fraction':>9} {'95% interval':>19} {'limit':>8}  verdict")
     for c in r["criteria"]:
         interval = f"[{c['ci_low']:.2%}, {c['ci_high']:.2%}]"
+        if c.get("limit_max") is not None:
+            interval += f" (at most {c['limit_max']:.2%})"
         lines.append(
             f"  {c['criterion']:<32} {c['fraction']:>9.2%} {interval:>19} {c['limit']:>8.2%}  {c['verdict']}"
         )

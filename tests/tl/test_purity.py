@@ -190,3 +190,25 @@ def test_purity_refuses_values_that_are_not_counts():
     with pytest.raises(sct.InputError, match="log-normalised"):
         sct.tl.assess_purity(lot, Spec.from_profile("car_t_demo"))
     assert "sct_purity" not in lot.uns
+
+
+def test_the_target_is_judged_against_both_bounds_of_its_range():
+    """A spec's maximum target fraction is judged, not only validated and saved."""
+    lot = sct.datasets.toy_product(n_cells=600, fractions={"T cell": 0.9, "monocyte": 0.1})
+    sct.tl.identity_score(lot, profile="car_t_demo")
+    frac = float((lot.obs["sct_identity_class"] == "target").mean())
+    assert frac > 0.8
+    low_max = Spec(product="car_t_demo", target=("T cells",), max_target_fraction=0.5)
+    report = sct.tl.assess_purity(lot, low_max)
+    assert report.target.verdict == "FAIL" and report.target.limit_max == 0.5
+    assert report.verdict == "FAIL"
+    wide = Spec(
+        product="car_t_demo", target=("T cells",), min_target_fraction=0.5, max_target_fraction=0.99
+    )
+    report = sct.tl.assess_purity(lot, wide)
+    assert report.target.verdict == "PASS"
+    near = Spec(
+        product="car_t_demo", target=("T cells",), max_target_fraction=round(frac + 0.01, 3)
+    )
+    report = sct.tl.assess_purity(lot, near)
+    assert report.target.verdict == "INCONCLUSIVE" and report.target.cells_needed > 600

@@ -57,6 +57,8 @@ def verdict_table(results: dict) -> str:
     for c in results["criteria"]:
         is_min = c.get("kind", "min" if c["criterion"] == "target" else "max") == "min"
         limit = ("≥ " if is_min else "≤ ") + _pct(c["limit"])
+        if c.get("limit_max") is not None:  # a target range
+            limit += " and ≤ " + _pct(c["limit_max"])
         # decided criteria need no more cells; an undecided one says how many would decide it
         needed = (
             f"{c['cells_needed']:,}"

@@ -29,7 +29,9 @@ GATE_COLUMNS = [*IMPURITY_COLUMNS, "kind", "genes", "rule"]
 
 @dataclass(frozen=True)
 class TargetFraction:
-    """The target fraction of a lot, its 95% interval, the spec's minimum and the verdict."""
+    """The target fraction of a lot, its 95% interval, the spec's range (``limit`` the minimum,
+    ``limit_max`` the maximum, ``None`` when the spec sets none below 1) and the one verdict
+    against both bounds, with the cells that would decide the undecided bound."""
 
     n: int
     fraction: float
@@ -38,6 +40,7 @@ class TargetFraction:
     limit: float | None
     verdict: str | None
     cells_needed: int | None
+    limit_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -328,16 +331,29 @@ def _impurity_row(k: int, n: int, denominator: str, limit: float | None) -> dict
 
 
 def _target_row(k: int, n: int, spec: Spec) -> TargetFraction:
+    """Judged against both bounds of the spec's range: FAIL when either fails, PASS when both
+    pass, else INCONCLUSIVE, with the cells needed by the undecided bound(s)."""
     lo, hi = _stats.fraction_interval(k, n, LEVEL)
-    limit = spec.min_target_fraction
+    bounds = [("min", spec.min_target_fraction)]
+    if spec.max_target_fraction < 1:
+        bounds.append(("max", spec.max_target_fraction))
+    verdicts = [_stats.verdict(lo, hi, limit, kind=kind) for kind, limit in bounds]
+    needed = [
+        _stats.cells_needed(k / n, limit, kind=kind, level=LEVEL)
+        for (kind, limit), v in zip(bounds, verdicts, strict=True)
+        if v == _stats.INCONCLUSIVE
+    ]
     return TargetFraction(
         n=k,
         fraction=k / n,
         ci_low=lo,
         ci_high=hi,
-        limit=limit,
-        verdict=_stats.verdict(lo, hi, limit, kind="min"),
-        cells_needed=_stats.cells_needed(k / n, limit, kind="min", level=LEVEL),
+        limit=spec.min_target_fraction,
+        verdict=_stats.overall_verdict(verdicts),
+        cells_needed=max((c for c in needed if c is not None), default=None)
+        if needed
+        else _stats.cells_needed(k / n, spec.min_target_fraction, kind="min", level=LEVEL),
+        limit_max=spec.max_target_fraction if spec.max_target_fraction < 1 else None,
     )
 
 
