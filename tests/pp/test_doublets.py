@@ -64,7 +64,7 @@ def test_doublets_per_sample_and_recorded():
     both = ad.concat({"A": a, "B": b}, label="sample", index_unique="-")
     sct.pp.doublets(both, batch_key="sample")
     per = both.uns["sct_doublet"]["per_sample"]
-    assert per["A"]["rule"] in {"scrublet_auto", "expected_rate_fallback"}
+    assert per["A"]["rule"] == "scrublet_auto"  # measured on this seeded lot
     assert per["A"]["expected_rate"] == pytest.approx(expected_multiplet_rate(400))
     assert per["B"]["rule"] == "not_scored"
     in_b = (both.obs["sample"] == "B").to_numpy()

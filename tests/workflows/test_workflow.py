@@ -68,7 +68,9 @@ def test_good_lots_are_released_and_the_broken_one_fails_alone(workflow_run):
     good = ["Q1", "Q2", "Q3", "N1-CLEAN", "N2-MONOCYTES", "PRODUCT"]
     for lot in good:
         results = json.loads((out / lot / "release" / "results.json").read_text())
-        assert results["lot_id"] == lot and results["verdict"] in {"PASS", "FAIL", "INCONCLUSIVE"}
+        # measured: every good lot passes the example spec (the 15%-monocyte lot too: 66 of its
+        # 764 cells, 8.6%, are off-target against a 20% limit; compare flags it, below)
+        assert results["lot_id"] == lot and results["verdict"] == "PASS"
         verify_audit(out / lot / "release" / "audit.jsonl")
     assert not (out / "BROKEN" / "release").exists()
     log = (out / "BROKEN" / "logs" / "release.log").read_text()
