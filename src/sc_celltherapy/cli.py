@@ -341,7 +341,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     import tempfile
 
     from . import datasets, release
-    from .release._run import check_out_dir
+    from .release._preflight import check_out_dir
 
     check_out_dir(args.out.absolute())
     lot = datasets.pbmc_demo_lot(seed=args.seed)
@@ -436,7 +436,7 @@ def _release_summary(result) -> str:
 
 def _cmd_score(args: argparse.Namespace) -> None:
     from . import io, release, tl
-    from .release._run import _resolve_profile
+    from .release._preflight import resolve_profile
 
     _check_out_file(args.out)
     spec_arg, product = _spec_and_product(args)
@@ -445,7 +445,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
         if spec_arg is not None
         else release.Spec.from_profile(product)
     )
-    profile = _resolve_profile(product, spec)
+    profile = resolve_profile(product, spec)
     adata = io.read(args.input)
     if "sct_ref" not in adata.uns and profile is None:
         msg = (

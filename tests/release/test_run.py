@@ -11,7 +11,7 @@ import pytest
 import sc_celltherapy as sct
 from sc_celltherapy.cli import main
 from sc_celltherapy.release import compare_results, verify_audit
-from sc_celltherapy.release._run import PER_RUN_KEY, RESULTS_SCHEMA
+from sc_celltherapy.release._results import PER_RUN_KEY, RESULTS_SCHEMA
 
 
 def _release(args, out, *, capsys=None) -> int:

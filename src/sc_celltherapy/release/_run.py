@@ -1,6 +1,6 @@
 """The release of one lot: the one place that chains read, QC, mapping, identity, purity and report.
 
-Everything a bad input can break is checked first (:func:`_preflight`), before any heavy work
+Everything a bad input can break is checked first (:func:`preflight`), before any heavy work
 and before anything is written. The outputs are then built in a hidden temporary directory
 beside the destination and renamed into place at the end, so an interrupted or failed run
 leaves no release directory, and an existing one is never overwritten.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -19,31 +18,29 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._logging import logger
 from .._utils import plain
-from .._validate import InputError
 from ..io import file_sha256
 from ..pp._qc import QCWarning
 from ..tl._map import MappingWarning
 from ._audit import AUDIT_FILE, AuditLog
-from ._spec import Spec, SpecError
+from ._preflight import ReleaseExistsError, ResolvedInputs, preflight, preflight_again
+from ._results import (
+    PER_RUN_KEY,
+    build_results,
+    compare_results,
+    hardware,
+    spec_digest,
+)
+from ._spec import Spec
 
-RESULTS_SCHEMA = "sc_celltherapy.release.results/1"
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
-# fields that differ between two runs of the same inputs by nature; all under this key
-PER_RUN_KEY = "run"
 STEPS = ("read", "qc", "map", "identity", "purity", "cluster", "report", "write")
-# --reference none: identity from the profile's marker panels alone
-NO_REFERENCE = "none"
-
-
-class ReleaseExistsError(InputError, FileExistsError):
-    """The release directory exists; a release is never overwritten."""
 
 
 @dataclass(frozen=True)
@@ -57,21 +54,6 @@ class Release:
     @property
     def verdict(self) -> str:
         return self.results["verdict"]
-
-
-@dataclass
-class _Inputs:
-    """What the pre-flight checks resolved, so the chain itself cannot fail on bad input."""
-
-    input_path: Path
-    adata: Any
-    bundle: Any  # None: identity from marker panels, no reference
-    spec: Spec
-    spec_source: str
-    profile: dict | None
-    out_dir: Path
-    read_hashes: dict[str, str]
-    read_seconds: float
 
 
 def run(
@@ -132,7 +114,7 @@ def run(
     and ``audit.jsonl``.
     """
     say = progress or (lambda line: logger.info(line))
-    inputs = _preflight(
+    inputs = preflight(
         input,
         out_dir=out_dir,
         lot_id=lot_id,
@@ -179,7 +161,7 @@ def run(
         rerun = None
         if verify_rerun:
             say("verify-rerun: running the whole chain a second time")
-            again = _preflight_again(inputs)
+            again = preflight_again(inputs)
             audit("rerun started")
             second, *_ = _chain(again, lot_id, batch_key, seed, min_gene_overlap, say, audit)
             rerun = compare_results(results, second)
@@ -203,167 +185,10 @@ def run(
 
 
 # ---------------------------------------------------------------------------------------------
-# pre-flight: every refusal happens here, before heavy work and before anything is written
-
-
-def _preflight(
-    input, *, out_dir, lot_id, operator, spec, product, reference, batch_key, min_gene_overlap
-) -> _Inputs:
-    from .. import atlas, io
-    from .._validate import check_obs_key
-    from ..tl._identity import RESIDUAL_PLURIPOTENT, UNASSIGNED, resolve_identities
-    from ..tl._map import check_genes
-    from ..tl._purity import check_marker_gates, check_transgene_features
-
-    out_dir = Path(out_dir).absolute()
-    check_out_dir(out_dir)
-    for name, value in (("lot_id", lot_id), ("operator", operator)):
-        if not isinstance(value, str) or not value.strip():
-            raise InputError(
-                f"{name} must be a non-empty string (it is recorded in the audit trail)."
-            )
-    spec_obj, spec_source, read_hashes = _resolve_spec(spec, product)
-    profile = _resolve_profile(product, spec_obj)
-    input_path = Path(input)
-    start = time.perf_counter()
-    adata = io.read(input_path)  # missing, corrupt, empty, non-count, duplicate input stop here
-    check_obs_key(adata, batch_key, what="batch column")
-    read_hashes[f"input:{input_path.name}"] = adata.uns["sct_input"]["sha256"]
-    read_seconds = round(time.perf_counter() - start, 3)
-    if reference is None and profile is not None and profile.get("atlas") is None:
-        reference = NO_REFERENCE
-    if reference is None:
-        if profile is None:
-            msg = (
-                "No reference: pass --reference (a bundle, or 'none' for marker panels alone), "
-                "or a product whose profile names an atlas."
-            )
-            raise InputError(msg)
-        reference = profile["atlas"]
-    if str(reference).lower() == NO_REFERENCE:
-        bundle = None
-        _check_marker_only(adata, profile, spec_obj)
-    else:
-        bundle = atlas.load(reference)  # refuses a changed, missing or extra file
-        read_hashes[f"reference:{bundle.name}"] = bundle.sha256
-        # refusal only here; the low-overlap warning comes from the mapping step, into the results
-        check_genes(adata, bundle, min_gene_overlap=min_gene_overlap, warn_gene_overlap=0.0)
-        identities = resolve_identities(profile, list(spec_obj.target), list(bundle.labels))
-        known = {i["name"] for i in identities} | set(bundle.labels)
-        known |= {UNASSIGNED, RESIDUAL_PLURIPOTENT}
-        where = f"the reference {bundle.name!r}" + (
-            f" and profile {profile['name']!r}" if profile else ""
-        )
-        spec_obj.check_identities(known, where=where)
-    check_transgene_features(adata, spec_obj)
-    check_marker_gates(adata, spec_obj)
-    return _Inputs(
-        input_path,
-        adata,
-        bundle,
-        spec_obj,
-        spec_source,
-        profile,
-        out_dir,
-        read_hashes,
-        read_seconds,
-    )
-
-
-def _check_marker_only(adata, profile: dict | None, spec: Spec) -> None:
-    """Without a reference the profile's marker panels decide: they must exist and the target's
-    must be in the lot."""
-    from ..tl._identity import (
-        RESIDUAL_PLURIPOTENT,
-        UNASSIGNED,
-        check_target_coverage,
-        panel_coverage,
-        resolve_identities,
-    )
-    from ..tl._panels import MIN_FRACTION_FOUND, MIN_GENES_FOUND
-
-    if profile is None:
-        msg = (
-            "Without a reference, identities come from a product profile's marker panels: pass "
-            "--product (a shipped name or the path of your profile YAML)."
-        )
-        raise InputError(msg)
-    identities = resolve_identities(profile, list(spec.target), [])
-    known = {i["name"] for i in identities} | {UNASSIGNED, RESIDUAL_PLURIPOTENT}
-    spec.check_identities(known, where=f"profile {profile['name']!r} (marker panels, no reference)")
-    coverage = panel_coverage(
-        adata, identities, min_genes=MIN_GENES_FOUND, min_fraction=MIN_FRACTION_FOUND
-    )
-    check_target_coverage(coverage.get(identities[0]["name"]), identities[0]["name"])
-
-
-def _preflight_again(inputs: _Inputs) -> _Inputs:
-    """The inputs of a rerun: the lot read again from disk, everything else as resolved."""
-    from .. import io
-
-    return _Inputs(**{**inputs.__dict__, "adata": io.read(inputs.input_path)})
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse an existing release directory or a location that cannot be written."""
-    if out_dir.exists():
-        msg = (
-            f"Release directory {out_dir} exists; a release is never overwritten. Choose a new "
-            "--out (one directory per lot and run)."
-        )
-        raise ReleaseExistsError(msg)
-    parent = out_dir.parent
-    if not parent.is_dir():
-        msg = f"Cannot write the release: {parent} is not an existing directory. Create it first."
-        raise InputError(msg)
-    try:  # the only honest test of writability (root ignores permission bits)
-        probe = tempfile.mkdtemp(prefix=f".{out_dir.name}.probe-", dir=parent)
-        os.rmdir(probe)
-    except OSError as err:
-        msg = f"Cannot write in {parent} ({err.strerror or err}). Choose a writable --out location."
-        raise InputError(msg) from err
-
-
-def _resolve_spec(spec, product) -> tuple[Spec, str, dict[str, str]]:
-    if spec is None:
-        if product is None:
-            raise InputError("No spec: pass a spec YAML (--spec) or a product (--product).")
-        profile = _load_profile(product)
-        return Spec.from_profile(profile), f"example spec of product profile {product!r}", {}
-    if isinstance(spec, Spec):
-        kind = "example spec" if spec.example else "spec"
-        return spec, f"{kind} of {spec.product!r} given in Python", {}
-    path = Path(spec)
-    if not path.is_file():
-        raise SpecError(f"Spec file {path} does not exist. Give the path of a spec YAML file.")
-    return Spec.from_yaml(path), str(path), {f"spec:{path.name}": file_sha256(path)}
-
-
-def _load_profile(name: str) -> dict:
-    from ..atlas import load_profile
-    from ..atlas._manifests import _resolve
-
-    try:
-        path = _resolve(name, "profile")
-    except InputError as err:
-        raise InputError(f"Unknown product {name!r}: {err}") from err
-    return load_profile(path)
-
-
-def _resolve_profile(product: str | None, spec: Spec) -> dict | None:
-    from ..atlas import list_manifests
-
-    if product is not None:
-        return _load_profile(product)
-    shipped = list_manifests().query("kind == 'profile'")["name"].tolist()
-    return _load_profile(spec.product) if spec.product in shipped else None
-
-
-# ---------------------------------------------------------------------------------------------
 # the chain
 
 
-def _chain(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audit):
+def _chain(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, say, audit):
     own = (QCWarning, MappingWarning)
     with warnings.catch_warnings(record=True) as caught:
         for category in own:  # always recorded, whatever the caller's filters
@@ -385,7 +210,7 @@ def _chain(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
     return results, adata, figures, timings
 
 
-def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audit):
+def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, say, audit):
     from .. import pl, pp, tl
 
     adata = inputs.adata
@@ -452,7 +277,7 @@ def _steps(inputs: _Inputs, lot_id, batch_key, seed, min_gene_overlap, say, audi
         # reference the UMAP is of its latent space, without one of the lot's own PCA.
         rep = None if marker_only else "X_sct_ref"
         tl.cluster(adata, use_rep=rep, random_state=seed, markers=False)
-    results = _results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap)
+    results = build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap)
     with step("report", "figures and report"):
         figures = {
             "qc": qc_png,
@@ -480,177 +305,7 @@ def _counts(values) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.value_counts(sort=False).items()}
 
 
-def spec_digest(spec: Spec) -> str:
-    """sha256 of the spec's canonical YAML: the same spec has the same hash wherever it came from."""
-    import hashlib
-
-    return hashlib.sha256(spec.to_yaml().encode()).hexdigest()
-
-
-def _results(inputs: _Inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap) -> dict:
-    from .. import __version__
-
-    qc = adata.uns["sct_qc"]
-    purity = report.to_dict()
-    target = {**purity["target"], "denominator": "assessed", "kind": "min"}
-    judged = {"target": target, **purity["impurities"]}
-    criteria = [
-        {"criterion": k, "kind": "max", **row}
-        for k, row in judged.items()
-        if row["limit"] is not None
-    ]
-    criteria += [
-        {"criterion": f"marker:{k}", "denominator": "assessed", **row}
-        for k, row in purity["marker_gates"].items()
-    ]
-    src = adata.uns["sct_input"]
-    n = report.n_cells
-    results = {
-        "schema": RESULTS_SCHEMA,
-        "lot_id": lot_id,
-        "product": inputs.spec.product,
-        "verdict": report.verdict,
-        "identity": identity_record(adata.uns["sct_identity"], inputs.bundle),
-        "criteria": criteria,
-        "purity": purity,
-        "detection": {
-            "n_cells_assessed": n,
-            "lod95": report.lod95,
-            "upper_bound_when_zero": report.lod95,
-            "statement": (
-                f"With {n} cells assessed, an impurity present at {report.lod95:.2%} or more of "
-                "the lot is seen at least once with 95% probability (1 - 0.05^(1/n)); a class "
-                f"with no cell seen is below {report.lod95:.2%} with 95% confidence. Rarer "
-                "impurities (e.g. residual pluripotent cells at 1 in 100,000) cannot be excluded "
-                "by this run and need an orthogonal assay (ddPCR, flow)."
-            ),
-        },
-        "qc": {
-            "n_barcodes": qc["n_cells_before"],
-            "n_assessed": qc["n_cells_after"],
-            "excluded": qc["n_removed"],
-            "thresholds": adata.uns.get("sct_low_quality", {}),
-            "doublets": adata.uns.get("sct_doublet", {}),
-        },
-        "mapping": _mapping_record(adata),
-        "reference": None
-        if inputs.bundle is None
-        else {
-            "name": inputs.bundle.name,
-            "version": inputs.bundle.version,
-            "sha256": inputs.bundle.sha256,
-            "calibration_ece": inputs.bundle.manifest["calibration"].get("ece_calibrated"),
-        },
-        "spec": {
-            # a file is named without its folder (paths differ between runs, contents do not)
-            "source": Path(inputs.spec_source).name
-            if Path(inputs.spec_source).is_file()
-            else inputs.spec_source,
-            "sha256": spec_digest(inputs.spec),
-            "example": inputs.spec.example,
-            "content": inputs.spec.to_dict(),
-        },
-        "profile": inputs.profile["name"] if inputs.profile else None,
-        "identity_method": adata.uns["sct_identity"]["method"],
-        "inputs": {
-            "file": inputs.input_path.name,
-            "format": src["format"],
-            "sha256": src["sha256"],
-            "n_barcodes": int(qc["n_cells_before"]),
-            "n_features": int(adata.n_vars),
-        },
-        "seed": seed,
-        "settings": {"batch_key": batch_key, "min_gene_overlap": min_gene_overlap},
-        "versions": versions(__version__),
-    }
-    return plain(results)
-
-
-def identity_record(info: Mapping, bundle) -> dict[str, Any]:
-    """How identities were called, stated first in results.json and the report: the method,
-    the rules and thresholds, and per identity the panel genes used, missing and whether it was
-    assessed."""
-    from ..tl._identity import identity_records
-
-    if bundle is None:
-        statement = (
-            "Identity comes from the product profile's marker panels alone, with no reference "
-            "atlas: each cell is the identity whose panel is enriched against random genes of "
-            "the same cell and beats every other panel; residual pluripotent cells come from the "
-            "pluripotency detector."
-        )
-    else:
-        statement = (
-            f"Identity comes from mapping onto the reference {bundle.name} v{bundle.version} "
-            "(calibrated label probabilities, out-of-reference call); marker panels give an "
-            "orthogonal score; residual pluripotent cells come from the pluripotency detector."
-        )
-    return {
-        "method": info["method"],
-        "reference": None if bundle is None else bundle.name,
-        "statement": statement,
-        "rules": dict(info.get("rules", {})),
-        "thresholds": dict(info.get("thresholds", {})),
-        "pluripotency_genes_used": list(info.get("pluripotency_genes_used", [])),
-        "identities": {
-            name: {
-                "class": rec["class"],
-                "assessed": bool(rec.get("assessed", False)),
-                "called_by": rec.get("called_by"),
-                "reason": rec.get("reason", ""),
-                "genes_found": list(rec.get("genes_found", [])),
-                "genes_missing": list(rec.get("genes_missing", [])),
-            }
-            for name, rec in identity_records(info).items()
-        },
-        "not_assessed": list(info.get("not_assessed", [])),
-    }
-
-
-def _mapping_record(adata) -> dict[str, Any] | None:
-    ref = adata.uns.get("sct_ref")
-    if ref is None:
-        return None
-    return {
-        "gene_overlap": ref["gene_overlap"],
-        "n_reference_genes": ref["n_reference_genes"],
-        "n_missing_genes": ref["n_missing_genes"],
-        "n_unassigned": ref["n_unassigned"],
-        "surgery_trained": ref["surgery_trained"],
-        "surgery_epochs": ref["max_epochs"],
-    }
-
-
-def versions(own: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"sc_celltherapy": own, "python": platform.python_version()}
-    for dist in ("scanpy", "anndata", "scvi-tools", "torch", "numpy", "scipy", "scikit-learn"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
-def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        info["cuda"] = torch.cuda.is_available()
-        if info["cuda"]:
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        info["cuda"] = False
-    return info
-
-
-def _run_record(run_id, operator, started, inputs: _Inputs, timings, rerun) -> dict:
+def _run_record(run_id, operator, started, inputs: ResolvedInputs, timings, rerun) -> dict:
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return plain(
         {
@@ -668,17 +323,6 @@ def _run_record(run_id, operator, started, inputs: _Inputs, timings, rerun) -> d
             "rerun": rerun,
         }
     )
-
-
-def compare_results(first: Mapping, second: Mapping) -> dict[str, Any]:
-    """Whether two results agree outside the per-run key; the top-level keys that differ."""
-    keys = (set(first) | set(second)) - {PER_RUN_KEY}
-    differences = sorted(
-        k
-        for k in keys
-        if json.dumps(first.get(k), sort_keys=True) != json.dumps(second.get(k), sort_keys=True)
-    )
-    return {"agrees": not differences, "differences": differences}
 
 
 def _png(fig) -> bytes:

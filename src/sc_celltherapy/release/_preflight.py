@@ -1,0 +1,194 @@
+"""Pre-flight of a release: every refusal happens here, before heavy work and before anything is
+written (inputs, spec, profile, reference, identities, output directory)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._validate import InputError
+from ..io import file_sha256
+from ._spec import Spec, SpecError
+
+# --reference none: identity from the profile's marker panels alone
+NO_REFERENCE = "none"
+
+
+class ReleaseExistsError(InputError, FileExistsError):
+    """The release directory exists; a release is never overwritten."""
+
+
+@dataclass
+class ResolvedInputs:
+    """What the pre-flight checks resolved, so the chain itself cannot fail on bad input."""
+
+    input_path: Path
+    adata: Any
+    bundle: Any  # None: identity from marker panels, no reference
+    spec: Spec
+    spec_source: str
+    profile: dict | None
+    out_dir: Path
+    read_hashes: dict[str, str]
+    read_seconds: float
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-flight: every refusal happens here, before heavy work and before anything is written
+
+
+def preflight(
+    input, *, out_dir, lot_id, operator, spec, product, reference, batch_key, min_gene_overlap
+) -> ResolvedInputs:
+    from .. import atlas, io
+    from .._validate import check_obs_key
+    from ..tl._map import check_genes
+    from ..tl._purity import check_marker_gates, check_transgene_features
+
+    out_dir = Path(out_dir).absolute()
+    check_out_dir(out_dir)
+    for name, value in (("lot_id", lot_id), ("operator", operator)):
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(
+                f"{name} must be a non-empty string (it is recorded in the audit trail)."
+            )
+    spec_obj, spec_source, read_hashes = _resolve_spec(spec, product)
+    profile = resolve_profile(product, spec_obj)
+    input_path = Path(input)
+    start = time.perf_counter()
+    adata = io.read(input_path)  # missing, corrupt, empty, non-count, duplicate input stop here
+    check_obs_key(adata, batch_key, what="batch column")
+    read_hashes[f"input:{input_path.name}"] = adata.uns["sct_input"]["sha256"]
+    read_seconds = round(time.perf_counter() - start, 3)
+    if reference is None and profile is not None and profile.get("atlas") is None:
+        reference = NO_REFERENCE
+    if reference is None:
+        if profile is None:
+            msg = (
+                "No reference: pass --reference (a bundle, or 'none' for marker panels alone), "
+                "or a product whose profile names an atlas."
+            )
+            raise InputError(msg)
+        reference = profile["atlas"]
+    bundle = None
+    if str(reference).lower() == NO_REFERENCE:
+        if profile is None:
+            msg = (
+                "Without a reference, identities come from a product profile's marker panels: "
+                "pass --product (a shipped name or the path of your profile YAML)."
+            )
+            raise InputError(msg)
+    else:
+        bundle = atlas.load(reference)  # refuses a changed, missing or extra file
+        read_hashes[f"reference:{bundle.name}"] = bundle.sha256
+        # refusal only here; the low-overlap warning comes from the mapping step, into the results
+        check_genes(adata, bundle, min_gene_overlap=min_gene_overlap, warn_gene_overlap=0.0)
+    _check_identities(adata, profile, spec_obj, bundle)
+    check_transgene_features(adata, spec_obj)
+    check_marker_gates(adata, spec_obj)
+    return ResolvedInputs(
+        input_path,
+        adata,
+        bundle,
+        spec_obj,
+        spec_source,
+        profile,
+        out_dir,
+        read_hashes,
+        read_seconds,
+    )
+
+
+def _check_identities(adata, profile: dict | None, spec: Spec, bundle) -> None:
+    """The spec names only identities the profile and reference know; without a reference the
+    target's marker panel must be in the lot."""
+    from ..tl._identity import (
+        RESIDUAL_PLURIPOTENT,
+        UNASSIGNED,
+        check_target_coverage,
+        panel_coverage,
+        resolve_identities,
+    )
+    from ..tl._panels import MIN_FRACTION_FOUND, MIN_GENES_FOUND
+
+    labels = [] if bundle is None else list(bundle.labels)
+    identities = resolve_identities(profile, list(spec.target), labels)
+    known = {i["name"] for i in identities} | set(labels) | {UNASSIGNED, RESIDUAL_PLURIPOTENT}
+    parts = []
+    if bundle is not None:
+        parts.append(f"the reference {bundle.name!r}")
+    if profile is not None:
+        parts.append(f"profile {profile['name']!r}")
+    where = " and ".join(parts) + ("" if bundle is not None else " (marker panels, no reference)")
+    spec.check_identities(known, where=where)
+    if bundle is None:
+        coverage = panel_coverage(
+            adata, identities, min_genes=MIN_GENES_FOUND, min_fraction=MIN_FRACTION_FOUND
+        )
+        check_target_coverage(coverage.get(identities[0]["name"]), identities[0]["name"])
+
+
+def preflight_again(inputs: ResolvedInputs) -> ResolvedInputs:
+    """The inputs of a rerun: the lot read again from disk, everything else as resolved."""
+    from .. import io
+
+    return ResolvedInputs(**{**inputs.__dict__, "adata": io.read(inputs.input_path)})
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an existing release directory or a location that cannot be written."""
+    if out_dir.exists():
+        msg = (
+            f"Release directory {out_dir} exists; a release is never overwritten. Choose a new "
+            "--out (one directory per lot and run)."
+        )
+        raise ReleaseExistsError(msg)
+    parent = out_dir.parent
+    if not parent.is_dir():
+        msg = f"Cannot write the release: {parent} is not an existing directory. Create it first."
+        raise InputError(msg)
+    try:  # the only honest test of writability (root ignores permission bits)
+        probe = tempfile.mkdtemp(prefix=f".{out_dir.name}.probe-", dir=parent)
+        os.rmdir(probe)
+    except OSError as err:
+        msg = f"Cannot write in {parent} ({err.strerror or err}). Choose a writable --out location."
+        raise InputError(msg) from err
+
+
+def _resolve_spec(spec, product) -> tuple[Spec, str, dict[str, str]]:
+    if spec is None:
+        if product is None:
+            raise InputError("No spec: pass a spec YAML (--spec) or a product (--product).")
+        profile = _load_profile(product)
+        return Spec.from_profile(profile), f"example spec of product profile {product!r}", {}
+    if isinstance(spec, Spec):
+        kind = "example spec" if spec.example else "spec"
+        return spec, f"{kind} of {spec.product!r} given in Python", {}
+    path = Path(spec)
+    if not path.is_file():
+        raise SpecError(f"Spec file {path} does not exist. Give the path of a spec YAML file.")
+    return Spec.from_yaml(path), str(path), {f"spec:{path.name}": file_sha256(path)}
+
+
+def _load_profile(name: str) -> dict:
+    from ..atlas import load_profile
+    from ..atlas._manifests import _resolve
+
+    try:
+        path = _resolve(name, "profile")
+    except InputError as err:
+        raise InputError(f"Unknown product {name!r}: {err}") from err
+    return load_profile(path)
+
+
+def resolve_profile(product: str | None, spec: Spec) -> dict | None:
+    from ..atlas import list_manifests
+
+    if product is not None:
+        return _load_profile(product)
+    shipped = list_manifests().query("kind == 'profile'")["name"].tolist()
+    return _load_profile(spec.product) if spec.product in shipped else None

@@ -1,0 +1,205 @@
+"""What a release's results.json holds: the verdict and criteria, how identities were called,
+QC, mapping, reference, spec, inputs and versions, and how two runs' results are compared.
+
+Everything here is identical for the same inputs, spec, reference and seed on CPU; what differs
+between runs by nature goes under :data:`PER_RUN_KEY`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .._utils import plain
+from ._spec import Spec
+
+RESULTS_SCHEMA = "sc_celltherapy.release.results/1"
+# fields that differ between two runs of the same inputs by nature; all under this key
+PER_RUN_KEY = "run"
+
+
+def spec_digest(spec: Spec) -> str:
+    """sha256 of the spec's canonical YAML: the same spec has the same hash wherever it came from."""
+    import hashlib
+
+    return hashlib.sha256(spec.to_yaml().encode()).hexdigest()
+
+
+def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap) -> dict:
+    """results.json of a release, without its per-run key (``inputs``: the resolved inputs of
+    :func:`~sc_celltherapy.release.run`)."""
+    from .. import __version__
+
+    qc = adata.uns["sct_qc"]
+    purity = report.to_dict()
+    target = {**purity["target"], "denominator": "assessed", "kind": "min"}
+    judged = {"target": target, **purity["impurities"]}
+    criteria = [
+        {"criterion": k, "kind": "max", **row}
+        for k, row in judged.items()
+        if row["limit"] is not None
+    ]
+    criteria += [
+        {"criterion": f"marker:{k}", "denominator": "assessed", **row}
+        for k, row in purity["marker_gates"].items()
+    ]
+    src = adata.uns["sct_input"]
+    n = report.n_cells
+    results = {
+        "schema": RESULTS_SCHEMA,
+        "lot_id": lot_id,
+        "product": inputs.spec.product,
+        "verdict": report.verdict,
+        "identity": identity_record(adata.uns["sct_identity"], inputs.bundle),
+        "criteria": criteria,
+        "purity": purity,
+        "detection": {
+            "n_cells_assessed": n,
+            "lod95": report.lod95,
+            "upper_bound_when_zero": report.lod95,
+            "statement": (
+                f"With {n} cells assessed, an impurity present at {report.lod95:.2%} or more of "
+                "the lot is seen at least once with 95% probability (1 - 0.05^(1/n)); a class "
+                f"with no cell seen is below {report.lod95:.2%} with 95% confidence. Rarer "
+                "impurities (e.g. residual pluripotent cells at 1 in 100,000) cannot be excluded "
+                "by this run and need an orthogonal assay (ddPCR, flow)."
+            ),
+        },
+        "qc": {
+            "n_barcodes": qc["n_cells_before"],
+            "n_assessed": qc["n_cells_after"],
+            "excluded": qc["n_removed"],
+            "thresholds": adata.uns.get("sct_low_quality", {}),
+            "doublets": adata.uns.get("sct_doublet", {}),
+        },
+        "mapping": _mapping_record(adata),
+        "reference": None
+        if inputs.bundle is None
+        else {
+            "name": inputs.bundle.name,
+            "version": inputs.bundle.version,
+            "sha256": inputs.bundle.sha256,
+            "calibration_ece": inputs.bundle.manifest["calibration"].get("ece_calibrated"),
+        },
+        "spec": {
+            # a file is named without its folder (paths differ between runs, contents do not)
+            "source": Path(inputs.spec_source).name
+            if Path(inputs.spec_source).is_file()
+            else inputs.spec_source,
+            "sha256": spec_digest(inputs.spec),
+            "example": inputs.spec.example,
+            "content": inputs.spec.to_dict(),
+        },
+        "profile": inputs.profile["name"] if inputs.profile else None,
+        "identity_method": adata.uns["sct_identity"]["method"],
+        "inputs": {
+            "file": inputs.input_path.name,
+            "format": src["format"],
+            "sha256": src["sha256"],
+            "n_barcodes": int(qc["n_cells_before"]),
+            "n_features": int(adata.n_vars),
+        },
+        "seed": seed,
+        "settings": {"batch_key": batch_key, "min_gene_overlap": min_gene_overlap},
+        "versions": versions(__version__),
+    }
+    return plain(results)
+
+
+def identity_record(info: Mapping, bundle) -> dict[str, Any]:
+    """How identities were called, stated first in results.json and the report: the method,
+    the rules and thresholds, and per identity the panel genes used, missing and whether it was
+    assessed."""
+    from ..tl._identity import identity_records
+
+    if bundle is None:
+        statement = (
+            "Identity comes from the product profile's marker panels alone, with no reference "
+            "atlas: each cell is the identity whose panel is enriched against random genes of "
+            "the same cell and beats every other panel; residual pluripotent cells come from the "
+            "pluripotency detector."
+        )
+    else:
+        statement = (
+            f"Identity comes from mapping onto the reference {bundle.name} v{bundle.version} "
+            "(calibrated label probabilities, out-of-reference call); marker panels give an "
+            "orthogonal score; residual pluripotent cells come from the pluripotency detector."
+        )
+    return {
+        "method": info["method"],
+        "reference": None if bundle is None else bundle.name,
+        "statement": statement,
+        "rules": dict(info.get("rules", {})),
+        "thresholds": dict(info.get("thresholds", {})),
+        "pluripotency_genes_used": list(info.get("pluripotency_genes_used", [])),
+        "identities": {
+            name: {
+                "class": rec["class"],
+                "assessed": bool(rec.get("assessed", False)),
+                "called_by": rec.get("called_by"),
+                "reason": rec.get("reason", ""),
+                "genes_found": list(rec.get("genes_found", [])),
+                "genes_missing": list(rec.get("genes_missing", [])),
+            }
+            for name, rec in identity_records(info).items()
+        },
+        "not_assessed": list(info.get("not_assessed", [])),
+    }
+
+
+def _mapping_record(adata) -> dict[str, Any] | None:
+    ref = adata.uns.get("sct_ref")
+    if ref is None:
+        return None
+    return {
+        "gene_overlap": ref["gene_overlap"],
+        "n_reference_genes": ref["n_reference_genes"],
+        "n_missing_genes": ref["n_missing_genes"],
+        "n_unassigned": ref["n_unassigned"],
+        "surgery_trained": ref["surgery_trained"],
+        "surgery_epochs": ref["max_epochs"],
+    }
+
+
+def versions(own: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"sc_celltherapy": own, "python": platform.python_version()}
+    for dist in ("scanpy", "anndata", "scvi-tools", "torch", "numpy", "scipy", "scikit-learn"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.is_available()
+        if info["cuda"]:
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        info["cuda"] = False
+    return info
+
+
+def compare_results(first: Mapping, second: Mapping) -> dict[str, Any]:
+    """Whether two results agree outside the per-run key; the top-level keys that differ."""
+    keys = (set(first) | set(second)) - {PER_RUN_KEY}
+    differences = sorted(
+        k
+        for k in keys
+        if json.dumps(first.get(k), sort_keys=True) != json.dumps(second.get(k), sort_keys=True)
+    )
+    return {"agrees": not differences, "differences": differences}
