@@ -168,13 +168,14 @@ def gene_symbols(adata: AnnData) -> pd.Index:
 
 
 def gene_columns(adata: AnnData, genes) -> dict[str, int]:
-    """Column index of each gene of ``genes`` found among the lot's symbols (first occurrence
+    """Column index of each gene of ``genes`` found among the lot's gene symbols (first occurrence
     of a repeated symbol), in the order of ``genes``."""
     symbols = gene_symbols(adata)
-    first: dict[str, int] = {}
-    for i, name in enumerate(symbols):
-        first.setdefault(name, i)
-    return {g: first[g] for g in dict.fromkeys(genes) if g in first}
+    first = ~symbols.duplicated()
+    wanted = list(dict.fromkeys(genes))
+    found = symbols[first].get_indexer(wanted)
+    columns = np.flatnonzero(first)
+    return {g: int(columns[i]) for g, i in zip(wanted, found, strict=True) if i >= 0}
 
 
 def check_unique_obs_names(adata: AnnData) -> None:

@@ -379,11 +379,9 @@ def _marker_gates(adata: AnnData, spec: Spec, assessed: np.ndarray, layer) -> pd
     """One row per gate: cells positive (detection rule of the spec module), fraction with its
     interval, limit, kind (min / max) and verdict."""
     rows = {}
-    X = None
+    X = get_matrix(adata, layer)
     for kind, gates in (("min", spec.min_positive), ("max", spec.max_positive)):
         for name, gate in gates.items():
-            if X is None:
-                X = get_matrix(adata, layer)
             sub = X[:, list(gene_columns(adata, gate.genes).values())] > 0
             detected = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
             positive = detected.all(axis=1) if gate.rule == "all" else detected.any(axis=1)
