@@ -1,7 +1,7 @@
 """One method of the mapping benchmark on one fold, in its own process.
 
 ``python -m _mapping_child {sct|scanvi|sct_map|scanvi_map|speed} REF.h5ad QUERY.h5ad OUT.npz WORKDIR
-SEED EPOCHS``: ``sct`` and ``scanvi`` train on REF and map QUERY, leaving their model in WORKDIR;
+SEED EPOCHS [N_MEMBERS]``: ``sct`` and ``scanvi`` train on REF and map QUERY, leaving their model in WORKDIR;
 ``sct_map`` and ``scanvi_map`` map QUERY onto the model such a run left there (``speed`` too, but
 writes no predictions).
 
@@ -56,11 +56,13 @@ def build_bundle(ref, out_dir: Path, seed: int, epochs: int, n_members: int | No
     )
 
 
-def ours(ref, query, workdir: Path, seed: int, epochs: int, train: bool = True) -> dict:
+def ours(
+    ref, query, workdir: Path, seed: int, epochs: int, train: bool = True, n_members=None
+) -> dict:
     import sc_celltherapy as sct
 
     if train:
-        bundle = build_bundle(ref, workdir / "bundle", seed, epochs)
+        bundle = build_bundle(ref, workdir / "bundle", seed, epochs, n_members)
     else:
         bundle = sct.atlas.load(workdir / "bundle")
     sct.tl.map_to_reference(query, bundle, batch_key=BATCH_KEY, seed=seed)
@@ -70,12 +72,17 @@ def ours(ref, query, workdir: Path, seed: int, epochs: int, train: bool = True) 
         "pred": np.asarray(query.obs["sct_ref_label"], dtype=str),
         "score": query.obs["sct_ref_oor_score"].to_numpy(),
         "unassigned": query.obs["sct_ref_unassigned"].to_numpy(),
+        "sets": query.obsm["sct_ref_set"],
+        "score_latent": query.obs["sct_ref_oor_latent"].to_numpy(),
+        "score_expression": query.obs["sct_ref_oor_expression"].to_numpy(),
         "calibration": bundle.manifest["calibration"],
         "oor": bundle.manifest["oor"],
     }
 
 
-def plain_scanvi(ref, query, workdir: Path, seed: int, epochs: int, train: bool = True) -> dict:
+def plain_scanvi(
+    ref, query, workdir: Path, seed: int, epochs: int, train: bool = True, n_members=None
+) -> dict:
     """scvi-tools' reference-mapping tutorial, as a user writes it: no calibration, no OOR."""
     import scanpy as sc
     import scvi
@@ -123,6 +130,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     method, ref_path, query_path, out, workdir = sys.argv[1:6]
     seed, epochs = int(sys.argv[6]), int(sys.argv[7])
+    n_members = int(sys.argv[8]) if len(sys.argv) > 8 else None  # None: the bundle default
     workdir = Path(workdir)
     import scvi  # noqa: F401  (imports are not timed)
 
@@ -139,7 +147,15 @@ def main() -> None:
     else:
         start = time.perf_counter()
         run = ours if method.startswith("sct") else plain_scanvi
-        result = run(ref, query, workdir, seed, epochs, train=not method.endswith("_map"))
+        result = run(
+            ref,
+            query,
+            workdir,
+            seed,
+            epochs,
+            train=not method.endswith("_map"),
+            n_members=n_members,
+        )
     seconds = time.perf_counter() - start
     calibration, oor = result.pop("calibration", None), result.pop("oor", None)
     if method != "speed":

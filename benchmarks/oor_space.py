@@ -92,7 +92,7 @@ def run_case(cells, patient, left_out, work: Path, epochs: int) -> dict:
     from sklearn.metrics import roc_auc_score
 
     import sc_celltherapy as sct
-    from sc_celltherapy.atlas._bundle import local_outlier_ratio, reference_spacing
+    from sc_celltherapy.atlas._novelty import local_outlier_ratio, reference_spacing
 
     ref, in_query = fold(cells, patient, left_out)
     query = cells[in_query].copy()

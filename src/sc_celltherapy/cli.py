@@ -303,9 +303,12 @@ def _cmd_atlas_build(args: argparse.Namespace) -> None:
         **({} if args.n_members is None else {"n_members": args.n_members}),
     )
     cal = bundle.manifest["calibration"]
+    where = "per held-out donor" if cal["across_donors"] else "within donor (one batch)"
     print(
-        f"Built {bundle!r}\n  sha256 {bundle.sha256}\n  held-out ECE "
-        f"{cal['ece_uncalibrated']:.3f} -> {cal['ece_calibrated']:.3f} after temperature scaling"
+        f"Built {bundle!r}\n  sha256 {bundle.sha256}\n  ECE {where}: worst "
+        f"{cal['ece_worst_donor']:.3f} ({cal['worst_donor']}), mean {cal['ece_mean_donor']:.3f}"
+        f" after {cal['method']}; label sets at alpha={cal['conformal']['alpha']}: worst "
+        f"coverage {cal['conformal']['coverage_worst_donor']:.3f}"
     )
 
 

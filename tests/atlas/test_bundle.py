@@ -10,62 +10,79 @@ import pytest
 
 import sc_celltherapy as sct
 from sc_celltherapy.atlas import BundleError
-from sc_celltherapy.atlas._bundle import (
-    _calibration_split,
+from sc_celltherapy.atlas._bundle import calibration_folds
+from sc_celltherapy.atlas._calibration import (
+    _fit_temperature,
     apply_temperature,
     expected_calibration_error,
-    fit_calibration,
-    manifest_digest,
-    oor_threshold,
 )
+from sc_celltherapy.atlas._novelty import oor_threshold
+from sc_celltherapy.atlas._store import manifest_digest
 
 
 def test_demo_bundle_contents(demo_bundle):
     m = demo_bundle.manifest
     assert m["name"] == "pbmc_demo" and len(m["genes"]) == 765
     assert sum(m["labels"].values()) == 700 and len(m["labels"]) == 10
-    assert m["n_cells"]["held_out"] + m["n_cells"]["calibration_fit"] == 700
     assert set(m["versions"]) >= {"sc-celltherapy", "scvi-tools", "torch"}
-    assert 0 < m["calibration"]["temperature"] < 20
-    # measured (deterministic on CPU): the held-out ECE after temperature scaling
-    assert m["calibration"]["ece_calibrated"] == pytest.approx(0.0912, abs=0.002)
-    # one reference batch: the held-out cells still go through surgery, as every lot does
-    held = m["calibration"]["held_out"]
-    assert held == {"cells_per_label": 0.2, "mapped_by": "scArches surgery (as a new batch)"}
-    # held-out cells sit about as far from their neighbours as reference cells do: the 99%
-    # threshold of the ratio is above 1, but not many times above
-    assert m["oor"]["method"].startswith("local outlier ratio") and 1 < m["oor"]["threshold"] < 5
+    cal = m["calibration"]
+    # one reference batch: calibration is within-donor only, and the bundle says so; the
+    # held-out cells still go through surgery, as every lot does
+    assert cal["across_donors"] is False and "One batch" in cal["note"]
+    assert cal["folds"]["mapped_by"] == "scArches surgery (as a new batch)"
+    assert cal["folds"]["held_out"] == {"half 1": 71, "half 2": 71}
+    # measured (deterministic on CPU): the method nested validation chose, and the error and
+    # label-set coverage of each half measured with a calibration fitted on the other half
+    assert cal["method"] == "vector scaling"
+    assert cal["ece_worst_donor"] == pytest.approx(0.1486, abs=0.002)
+    assert cal["conformal"]["alpha"] == 0.1
+    # each half's sets use the other half's quantile alone: 71 cells are a noisy quantile
+    assert cal["conformal"]["coverage_worst_donor"] == pytest.approx(0.8169, abs=0.001)
     # 142 held-out cells (20% of each label, rounded): the conformal rank is the 142nd of 142,
     # which guarantees 1/143
+    assert m["oor"]["method"].startswith("larger of the latent local outlier ratio")
     assert m["oor"]["n_held_out_cells"] == m["n_cells"]["held_out"] == 142
     assert m["oor"]["fpr_bound"] == pytest.approx(1 / 143)
+    assert m["oor"]["scales"]["expression"] == 0.01  # the floor: held-out cells have ~no excess
     # the demo reference is one model (its manifest keeps the first-use build short)
     assert m["model"]["n_members"] == 1 and m["model"]["member_seeds"] == [0]
-    assert set(m["files"]) == {"models/0/model.pt", "reference_latent.npz"}
+    assert set(m["files"]) == {
+        "models/0/model.pt",
+        "reference_latent.npz",
+        "expression_levels.npz",
+    }
     assert all(len(h) == 64 for h in m["files"].values())
     latent, labels, spacing = demo_bundle.reference_latent()
     assert latent.shape == (1, 700, 10) and labels.shape == (700,)
     assert spacing.shape == (1, 700)
+    genes, ids, levels = demo_bundle.expression_levels()
+    assert genes.size == levels.size == m["oor"]["n_expression_genes"] == 760  # 5 RP genes out
+    assert ids is None
 
 
-def test_calibration_holds_out_whole_batches():
+def test_calibration_folds_hold_out_whole_batches():
     import pandas as pd
 
-    sizes = {"d1": 400, "d2": 150, "d3": 250, "d4": 200}
+    sizes = {"d1": 400, "d2": 150, "d3": 250, "d4": 200, "d5": 90, "d6": 60, "d7": 50}
     obs = pd.DataFrame(
-        {
-            "batch": np.repeat(list(sizes), list(sizes.values())),
-            "label": np.tile(["a", "b"], 500),
-        }
+        {"batch": np.repeat(list(sizes), list(sizes.values())), "label": np.tile(["a", "b"], 600)}
     )
-    for seed in range(5):
-        held, batches = _calibration_split(obs, "label", "batch", 0.2, seed)
-        assert batches and set(obs["batch"][held]) == set(batches)
-        assert set(obs["batch"][~held])  # a batch always remains to train on
-        assert 0.1 <= held.mean() <= 0.3
-    held, batches = _calibration_split(obs, "label", None, 0.2, 0)
-    assert batches == [] and held.mean() == pytest.approx(0.2)
-    assert obs["label"][held].value_counts().to_dict() == {"a": 100, "b": 100}
+    for seed in range(3):
+        folds, donors = calibration_folds(obs, "label", "batch", 0.2, seed)
+        assert len(folds) == 5  # at most five folds, however many batches
+        assert (np.sum(folds, axis=0) == 1).all()  # every cell held out exactly once
+        for held in folds:  # whole batches, and never every batch
+            assert set(obs["batch"][held]).isdisjoint(obs["batch"][~held])
+        np.testing.assert_array_equal(donors, obs["batch"].to_numpy())
+        # dealt largest first into the emptiest fold: sizes stay close (ideal 240 each)
+        assert max(f.sum() for f in folds) <= 400 and min(f.sum() for f in folds) >= 150
+    two = obs[obs["batch"].isin(["d1", "d2"])]
+    folds, _ = calibration_folds(two, "label", "batch", 0.2, 0)
+    assert [f.sum() for f in folds] == [400, 150]
+    folds, donors = calibration_folds(obs, "label", None, 0.2, 0)
+    assert len(folds) == 1 and folds[0].mean() == pytest.approx(0.2)
+    assert obs["label"][folds[0]].value_counts().to_dict() == {"a": 120, "b": 120}
+    assert set(donors[folds[0]]) == {"half 1", "half 2"} and set(donors[~folds[0]]) == {""}
 
 
 def test_cached_demo_loads_without_rebuilding(demo_bundle):
@@ -145,11 +162,10 @@ def test_temperature_scaling_fixes_overconfidence():
     true_p = rng.dirichlet(np.ones(k) * 0.7, n)
     y = np.array([rng.choice(k, p=p) for p in true_p])
     overconfident = apply_temperature(true_p, 1 / 3)
-    labels = [str(i) for i in range(k)]
-    cal = fit_calibration(overconfident, np.array(labels)[y], labels, seed=0)
-    assert cal["temperature"] == pytest.approx(3.0, rel=0.15)
-    assert cal["ece_uncalibrated"] > 0.1
-    assert cal["ece_calibrated"] < 0.03
+    fitted = _fit_temperature(overconfident, y)["temperature"]
+    assert fitted == pytest.approx(3.0, rel=0.15)
+    assert expected_calibration_error(overconfident, y) > 0.1
+    assert expected_calibration_error(apply_temperature(overconfident, fitted), y) < 0.03
     assert expected_calibration_error(true_p, y) < 0.03
 
 
@@ -192,16 +208,22 @@ def test_ensemble_bundle_maps_with_every_member(tmp_path):
     )
     m = bundle.manifest
     assert m["model"]["n_members"] == 2 and m["model"]["member_seeds"] == [3, 4]
-    assert set(m["files"]) == {"models/0/model.pt", "models/1/model.pt", "reference_latent.npz"}
+    assert set(m["files"]) == {
+        "models/0/model.pt",
+        "models/1/model.pt",
+        "reference_latent.npz",
+        "expression_levels.npz",
+    }
     latent, _, _ = bundle.reference_latent()
     assert latent.shape == (2, 700, 10) and not np.allclose(latent[0], latent[1])
     lot = ref[:200].copy()
     sct.tl.map_to_reference(lot, bundle)
     rec = lot.uns["sct_ref"]
-    assert rec["n_members"] == 2 and rec["oor_method"].endswith("mean over 2 ensemble member(s)")
+    assert rec["n_members"] == 2 and "mean over 2 ensemble member(s)" in rec["oor_method"]
     # 100k cell passes shared by two members: 250 epochs each, capped at 50
     assert rec["max_epochs"] == 50
     np.testing.assert_allclose(lot.obsm["sct_ref_probs"].sum(axis=1), 1, atol=1e-6)
     # reference cells mapped back sit inside the reference in both members' spaces
-    assert 0.7 < np.median(lot.obs["sct_ref_oor_score"]) < 1.2
+    assert 0.7 < np.median(lot.obs["sct_ref_oor_latent"]) < 1.2
+    assert np.median(lot.obs["sct_ref_oor_score"]) < rec["oor_threshold"]
     assert lot.obsm["X_sct_ref"].shape == (200, 10)

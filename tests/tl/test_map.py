@@ -31,7 +31,7 @@ def test_cart_product_maps_to_t_cells(mapped_product):
     # GRCh38-2020 product annotation renamed: 92.3% overlap, measured
     assert rec["gene_overlap"] == pytest.approx(706 / 765, abs=1e-9)
     assert mapped_product.obsm["X_sct_ref"].shape == (mapped_product.n_obs, 10)
-    # the score is the raw ratio; the bundle's threshold is the decision
+    # the bundle's threshold is the decision
     np.testing.assert_array_equal(
         obs["sct_ref_unassigned"], obs["sct_ref_oor_score"] > rec["oor_threshold"]
     )
@@ -44,8 +44,13 @@ def test_mapping_is_deterministic(demo_bundle):
     sct.tl.map_to_reference(b, demo_bundle, seed=0)
     np.testing.assert_array_equal(a.obsm["X_sct_ref"], b.obsm["X_sct_ref"])
     np.testing.assert_array_equal(a.obs["sct_ref_oor_score"], b.obs["sct_ref_oor_score"])
-    # reference cells mapped back sit inside the reference: a local outlier ratio about 1
-    assert 0.7 < np.median(a.obs["sct_ref_oor_score"]) < 1.1
+    np.testing.assert_array_equal(a.obsm["sct_ref_set"], b.obsm["sct_ref_set"])
+    # reference cells mapped back sit inside the reference: a local outlier ratio about 1,
+    # no expression the reference lacks, and a combined score below the threshold
+    assert 0.7 < np.median(a.obs["sct_ref_oor_latent"]) < 1.1
+    assert np.median(a.obs["sct_ref_oor_expression"]) == 0
+    # 1% expected for cells like the held-out ones; 10 or more of 200 would be p < 1e-4
+    assert a.obs["sct_ref_unassigned"].sum() < 10
 
 
 def test_low_gene_overlap_refused(demo_bundle):
@@ -68,3 +73,28 @@ def test_mouse_genes_refused(demo_bundle):
     lot.var_names = [g.capitalize() for g in lot.var_names]
     with pytest.raises(sct.InputError, match="look mouse but reference 'pbmc_demo' is human"):
         sct.tl.map_to_reference(lot, demo_bundle)
+
+
+def test_label_sets_and_coarse_calls_on_the_real_product(mapped_product):
+    """Every cell's conformal set holds its top label; pbmc_demo carries its manifest's lineage
+    level, so each cell also has a coarse call and a coarse set, and the level it resolves at."""
+    obs = mapped_product.obs
+    rec = mapped_product.uns["sct_ref"]
+    sets = mapped_product.obsm["sct_ref_set"]
+    probs = mapped_product.obsm["sct_ref_probs"]
+    assert sets.shape == probs.shape and sets.dtype == bool
+    assert sets[np.arange(sets.shape[0]), probs.argmax(axis=1)].all()
+    np.testing.assert_array_equal(obs["sct_ref_set_size"], sets.sum(axis=1))
+    assert rec["label_sets"]["alpha"] == 0.1
+    assert rec["coarse_set_labels"] == ["B cell", "NK cell", "T cell", "myeloid", "progenitor"]
+    coarse = dict(zip(rec["labels"], rec["coarse_labels"], strict=True))
+    assert coarse["CD8+ Cytotoxic T"] == "T cell" and coarse["Dendritic"] == "myeloid"
+    # the coarse probability is the sum of its fine labels'
+    t_cols = [i for i, lab in enumerate(rec["labels"]) if coarse[lab] == "T cell"]
+    is_t = (obs["sct_ref_label_coarse"] == "T cell").to_numpy()
+    np.testing.assert_allclose(obs["sct_ref_prob_coarse"][is_t], probs[is_t][:, t_cols].sum(1))
+    # measured (deterministic on CPU): the fine sets of 510 cells span T-cell states the 765-gene
+    # reference cannot tell apart, but every cell's lineage set is a single lineage
+    levels = obs["sct_ref_set_level"].value_counts().to_dict()
+    assert levels == {"fine": 224, "coarse": 510, "mixed": 0}
+    assert int(is_t.sum()) == 704

@@ -1,10 +1,14 @@
 """Reference atlases: locked, hash-verified scANVI bundles, and the manifests that describe them."""
 
-from ._bundle import BundleError, ReferenceBundle, build, verify
+from ._bundle import build
+from ._calibration import calibrate, coarse_probs, prediction_sets
 from ._download import FetchError, HashMismatchError, build_from_manifest, fetch
 from ._manifests import ManifestError, list_manifests, load_manifest, load_profile, validate
+from ._novelty import combine as combine_oor
+from ._novelty import expression_excess, local_outlier_ratio
 from ._registry import list_bundles as list  # noqa: A001  (sct.atlas.list(), as the issue names it)
 from ._registry import load
+from ._store import BundleError, ReferenceBundle, verify
 
 __all__ = [
     "build",
@@ -22,4 +26,10 @@ __all__ = [
     "ManifestError",
     "FetchError",
     "HashMismatchError",
+    "calibrate",
+    "coarse_probs",
+    "prediction_sets",
+    "combine_oor",
+    "expression_excess",
+    "local_outlier_ratio",
 ]

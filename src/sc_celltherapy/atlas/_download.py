@@ -822,6 +822,9 @@ def build_from_manifest(
         else model["scanvi"]["max_epochs"],
         "species": manifest["species"],
         "n_members": model.get("n_members", N_MEMBERS),
+        "coarse_key": manifest["label_keys"]["coarse"]
+        if manifest["label_keys"]["coarse"] != manifest["label_keys"]["fine"]
+        else None,
         "seed": seed if seed is not None else manifest["build"].get("seed", 0),
     }
     # settings sct.atlas.build does not expose: it always uses _BUILD_IMPLICIT; say so when a

@@ -10,11 +10,11 @@ import pandas as pd
 
 from .._logging import timed
 from .._settings import settings
-from ._bundle import BundleError, ReferenceBundle, verify
 from ._manifests import list_manifests
+from ._store import BundleError, ReferenceBundle, verify
 
 DEMO_NAME = "pbmc_demo"
-DEMO_VERSION = "1.4"  # with the manifest; a new bundle format needs a new cache entry
+DEMO_VERSION = "1.5"  # with the manifest; a new bundle format needs a new cache entry
 
 
 def bundles_dir() -> Path:

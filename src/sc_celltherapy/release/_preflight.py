@@ -116,8 +116,11 @@ def _check_identities(adata, profile: dict | None, spec: Spec, bundle) -> None:
     from ..tl._panels import MIN_FRACTION_FOUND, MIN_GENES_FOUND
 
     labels = [] if bundle is None else list(bundle.labels)
-    identities = resolve_identities(profile, list(spec.target), labels)
-    known = {i["name"] for i in identities} | set(labels) | {UNASSIGNED, RESIDUAL_PLURIPOTENT}
+    hierarchy = {} if bundle is None else bundle.manifest.get("hierarchy") or {}
+    coarse = [hierarchy.get(lab) for lab in labels]
+    identities = resolve_identities(profile, list(spec.target), labels, coarse)
+    known = {i["name"] for i in identities} | set(labels) | set(hierarchy.values())
+    known |= {UNASSIGNED, RESIDUAL_PLURIPOTENT}
     parts = []
     if bundle is not None:
         parts.append(f"the reference {bundle.name!r}")

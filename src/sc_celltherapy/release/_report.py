@@ -160,10 +160,12 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         reference_rows = [
             ("reference", f"{ref['name']} v{ref['version']}"),
             ("reference sha256", ref["sha256"]),
-            ("reference calibration error (held out)", ref.get("calibration_ece")),
+            *_reliability_rows(ref["calibration"]),
+            ("lot composition vs the reference's donors", _composition_text(mapping)),
             ("gene overlap with the reference", _pct(mapping["gene_overlap"])),
             ("cells out of the reference (unassigned)", mapping["n_unassigned"]),
         ]
+    reliability_html = "" if ref is None else _reliability_table(ref["calibration"])
     provenance = [
         ("lot id", results["lot_id"]),
         ("product", results["product"]),
@@ -194,6 +196,7 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         "INCONCLUSIVE: the interval straddles the limit (more cells needed, as shown).</p>",
         _unlimited_table(results),
         transgene_html,
+        reliability_html,
         "<h2>Quality control</h2>",
         _kv_table(qc_rows),
         _img(figures["qc"], "QC metric distributions with thresholds") if "qc" in figures else "",
@@ -221,3 +224,63 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         f"<title>Release {escape(results['lot_id'])}: {verdict}</title>"
         f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
     )
+
+
+def _reliability_rows(cal: dict) -> list[tuple[str, str]]:
+    where = (
+        "per donor held out of model and calibration"
+        if cal["across_donors"]
+        else ("within donor only (the reference has one batch)")
+    )
+    sets = cal["label_sets"]
+    oor = cal["out_of_reference"]
+    return [
+        (
+            f"reference calibration error ({where})",
+            f"worst donor {cal['ece_worst_donor']:.3f} ({cal['worst_donor']}), "
+            f"mean {cal['ece_mean_donor']:.3f}; {cal['method']}",
+        ),
+        (
+            f"label sets ({sets['method']}, alpha {sets['alpha']})",
+            f"worst-donor coverage {sets['coverage_worst_donor']:.3f}, "
+            f"mean set size {sets['mean_set_size']:.2f}",
+        ),
+        (
+            "out-of-reference call",
+            f"threshold {oor['threshold']:.3f}, false-positive bound {oor['fpr_bound']:.3f} "
+            f"({oor['n_held_out_cells']:,} held-out reference cells)",
+        ),
+    ]
+
+
+def _reliability_table(cal: dict) -> str:
+    """The bundle's reliability per donor it held out, as measured when it was built."""
+    rows = "".join(
+        f"<tr><td>{escape(str(d))}</td><td>{r['n_cells']:,}</td><td>{r['accuracy']:.3f}</td>"
+        f"<td>{r['ece']:.3f}</td><td>{r['coverage']:.3f}</td><td>{r['mean_set_size']:.2f}</td>"
+        "</tr>"
+        for d, r in cal["per_donor"].items()
+    )
+    note = f"<p>{escape(cal['note'])}</p>" if "note" in cal else ""
+    return (
+        "<h2>Reference reliability per held-out donor</h2>"
+        "<table><tr><th>donor</th><th>cells</th><th>accuracy</th><th>ECE</th>"
+        "<th>label-set coverage</th><th>mean set size</th></tr>"
+        f"{rows}</table>{note}"
+    )
+
+
+def _composition_text(mapping: dict) -> str:
+    comp = mapping.get("composition") or {}
+    if not comp.get("checked"):
+        return "not checked (the reference has one batch)"
+    text = (
+        f"total variation {comp['distance']:.2f} from the nearest donor ({comp['nearest_donor']}); "
+        f"the reference's donors lie up to {comp['reference_max_nearest_distance']:.2f} apart"
+    )
+    if comp["far"]:
+        text += (
+            ". FLAG: the lot's composition is unlike every donor the reference holds; its "
+            "calibration and label sets were never measured on such a mixture"
+        )
+    return text

@@ -83,7 +83,7 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
             "name": inputs.bundle.name,
             "version": inputs.bundle.version,
             "sha256": inputs.bundle.sha256,
-            "calibration_ece": inputs.bundle.manifest["calibration"].get("ece_calibrated"),
+            "calibration": _reliability(inputs.bundle.manifest),
         },
         "spec": {
             # a file is named without its folder (paths differ between runs, contents do not)
@@ -151,6 +151,31 @@ def identity_record(info: Mapping, bundle) -> dict[str, Any]:
     }
 
 
+def _reliability(manifest: Mapping) -> dict[str, Any]:
+    """What the bundle measured of its own reliability, on donors left out of its models and
+    of its calibration (within one donor when it has a single batch)."""
+    cal, oor = manifest["calibration"], manifest["oor"]
+    return {
+        "method": cal["method"],
+        "across_donors": cal["across_donors"],
+        "ece_worst_donor": cal["ece_worst_donor"],
+        "ece_mean_donor": cal["ece_mean_donor"],
+        "worst_donor": cal["worst_donor"],
+        "per_donor": cal["per_donor"],
+        "label_sets": {
+            k: cal["conformal"][k]
+            for k in ("method", "alpha", "coverage_worst_donor", "mean_set_size")
+        },
+        "out_of_reference": {
+            "method": oor["method"],
+            "threshold": oor["threshold"],
+            "fpr_bound": oor["fpr_bound"],
+            "n_held_out_cells": oor["n_held_out_cells"],
+        },
+        **({"note": cal["note"]} if "note" in cal else {}),
+    }
+
+
 def _mapping_record(adata) -> dict[str, Any] | None:
     ref = adata.uns.get("sct_ref")
     if ref is None:
@@ -162,6 +187,10 @@ def _mapping_record(adata) -> dict[str, Any] | None:
         "n_unassigned": ref["n_unassigned"],
         "surgery_trained": ref["surgery_trained"],
         "surgery_epochs": ref["max_epochs"],
+        "composition": ref.get("composition"),
+        "set_levels": adata.obs["sct_ref_set_level"].value_counts().astype(int).to_dict()
+        if "sct_ref_set_level" in adata.obs
+        else None,
     }
 
 

@@ -18,6 +18,7 @@ IMPURITY_CLASSES = (
     "residual_pluripotent",
     "proliferating",
     "unassigned",
+    "ambiguous",
     "doublets",
     "low_quality",
 )

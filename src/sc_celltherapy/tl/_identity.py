@@ -14,6 +14,7 @@ from .._validate import InputError, MissingKeyError, check_counts
 from . import _panels
 
 TARGET, UNASSIGNED, OTHER = "target", "unassigned", "other reference labels"
+AMBIGUOUS = "ambiguous"
 RESIDUAL_PLURIPOTENT = "residual pluripotent"
 MARKER_METHOD = "marker panels (within-cell rank enrichment, no reference)"
 REFERENCE_METHOD = "reference"
@@ -119,7 +120,8 @@ def identity_score(
             "or pass profile= to classify with its marker panels."
         )
         raise MissingKeyError(msg)
-    identities = resolve_identities(prof, target, ref_labels)
+    coarse = list(adata.uns[reference_key].get("coarse_labels", [])) if mapped else []
+    identities = resolve_identities(prof, target, ref_labels, coarse)
     coverage = panel_coverage(adata, identities, min_genes=min_genes, min_fraction=min_fraction)
     if not mapped:
         check_target_coverage(coverage.get(identities[0]["name"]), identities[0]["name"])
@@ -143,8 +145,9 @@ def identity_score(
             for i in contest
         }
         pluri_score, pluripotent, pluri_genes = _panels.pluripotency(table)
+        ambiguity_level = None
         if mapped:
-            score, classes = _from_reference(adata, reference_key, identities)
+            score, classes, ambiguity_level = _from_reference(adata, reference_key, identities)
             method = REFERENCE_METHOD
         else:
             score, classes = _from_markers(panels, contest, p, min_z=min_z, margin=margin)
@@ -202,8 +205,12 @@ def identity_score(
                     "standard deviations of the difference; else unassigned"
                     if method == MARKER_METHOD
                     else "the identity whose reference labels hold the most calibrated "
-                    "probability; unassigned beyond the out-of-reference threshold"
+                    "probability; ambiguous when the cell's conformal label set spans the target "
+                    "and an impurity class, or two impurity classes (coarse label sets when "
+                    "every identity is made of whole coarse labels); unassigned beyond the "
+                    "out-of-reference threshold"
                 ),
+                "ambiguity_level": ambiguity_level,
                 "residual_pluripotent": (
                     "pluripotency detector: median within-cell percentile of "
                     f"{list(_panels.PLURIPOTENCY_PANEL)} (genes found: at least "
@@ -241,17 +248,28 @@ def load_profile_arg(profile) -> dict | None:
     return load_profile(profile)
 
 
-def resolve_identities(prof: dict | None, target, ref_labels: list[str]) -> list[dict]:
+def resolve_identities(
+    prof: dict | None, target, ref_labels: list[str], coarse_labels: Sequence = ()
+) -> list[dict]:
     """Target first, then off-target and forbidden identities, each with its reference labels,
-    impurity class and markers."""
+    impurity class and markers. A coarse label of the reference (``coarse_labels[j]`` is the
+    coarse label of ``ref_labels[j]``) stands for all its fine labels."""
+
+    def expand(wanted) -> list[str]:
+        out = []
+        for lab in wanted:
+            if lab in ref_labels:
+                out.append(lab)
+            else:
+                out += [f for f, c in zip(ref_labels, coarse_labels, strict=False) if c == lab]
+        return list(dict.fromkeys(out))
+
     targets = [target] if isinstance(target, str) else list(target or [])
     if prof is not None and (not targets or targets == [prof["target"]["name"]]):
         first = {**prof["target"], "class": TARGET}
-        first["reference_labels"] = [
-            lab for lab in first.get("reference_labels", []) if lab in ref_labels
-        ]
+        first["reference_labels"] = expand(first.get("reference_labels", []))
     elif targets:
-        unknown = [t for t in targets if t not in ref_labels]
+        unknown = [t for t in targets if not expand([t])]
         if unknown:
             known = ([prof["target"]["name"]] if prof else []) + ref_labels
             msg = (
@@ -262,7 +280,7 @@ def resolve_identities(prof: dict | None, target, ref_labels: list[str]) -> list
         first = {
             "name": ", ".join(targets),
             "class": TARGET,
-            "reference_labels": targets,
+            "reference_labels": expand(targets),
             "markers": prof["target"]["markers"] if prof else {"positive": [], "negative": []},
         }
     else:
@@ -272,8 +290,7 @@ def resolve_identities(prof: dict | None, target, ref_labels: list[str]) -> list
     others = []
     if prof is not None:
         for ident in list(prof.get("off_target", [])) + list(prof.get("forbidden", [])):
-            labels = [lab for lab in ident.get("reference_labels", []) if lab in ref_labels]
-            others.append({**ident, "reference_labels": labels})
+            others.append({**ident, "reference_labels": expand(ident.get("reference_labels", []))})
     claimed = set(first["reference_labels"]).union(*(o["reference_labels"] for o in others))
     rest = [lab for lab in ref_labels if lab not in claimed]
     if prof is None:  # every other reference label is an off-target identity of its own
@@ -374,7 +391,7 @@ def _columns(panels: dict, what: str, n: int) -> np.ndarray:
     return np.column_stack([getattr(s, what) for s in panels.values()])
 
 
-def _from_reference(adata, reference_key, identities) -> tuple[np.ndarray, np.ndarray]:
+def _from_reference(adata, reference_key, identities) -> tuple[np.ndarray, np.ndarray, str]:
     labels = list(adata.uns[reference_key]["labels"])
     probs = np.asarray(adata.obsm[f"{reference_key}_probs"], dtype=np.float64)
     scored = [i for i in identities if i["reference_labels"]]
@@ -388,8 +405,46 @@ def _from_reference(adata, reference_key, identities) -> tuple[np.ndarray, np.nd
     score = np.clip(target_prob * in_reference, 0, 1)
     names = np.array([i.get("name_in_class", i["name"]) for i in scored], dtype=object)
     classes = names[by_identity.argmax(axis=1)]
+    ambiguous, level = ambiguous_cells(adata, reference_key, scored)
+    classes = np.where(ambiguous, AMBIGUOUS, classes)
     unassigned = adata.obs[f"{reference_key}_unassigned"].to_numpy(dtype=bool)
-    return score, np.where(unassigned, UNASSIGNED, classes)
+    return score, np.where(unassigned, UNASSIGNED, classes), level
+
+
+def ambiguous_cells(adata, reference_key, identities) -> tuple[np.ndarray, str]:
+    """Cells whose conformal label set spans identities a spec treats differently (the target
+    and an impurity, or two impurity classes): argmax would split them, so they are counted
+    apart. The coarse sets decide when every identity is made of whole coarse labels (a
+    T-cell target is not ambiguous between two T-cell states), the fine sets otherwise.
+    Returns the mask and the level used."""
+    rec = adata.uns[reference_key]
+    labels = list(rec["labels"])
+    bucket = {}
+    for ident in identities:
+        for lab in ident["reference_labels"]:
+            bucket[lab] = ident["class"]
+    coarse = list(rec.get("coarse_labels") or [])
+    set_key = f"{reference_key}_set"
+    if set_key not in adata.obsm:  # mapped before label sets existed
+        return np.zeros(adata.n_obs, dtype=bool), "none"
+    whole = bool(coarse) and None not in coarse and f"{set_key}_coarse" in adata.obsm
+    if whole:
+        by_coarse: dict[str, set] = {}
+        for lab, c in zip(labels, coarse, strict=True):
+            by_coarse.setdefault(c, set()).add(bucket.get(lab))
+        whole = all(len(b) == 1 for b in by_coarse.values())
+    if whole:
+        columns = list(rec["coarse_set_labels"])
+        sets = np.asarray(adata.obsm[f"{set_key}_coarse"], dtype=bool)
+        classes = [next(iter(by_coarse[c])) for c in columns]
+        level = "coarse"
+    else:
+        sets = np.asarray(adata.obsm[set_key], dtype=bool)
+        classes = [bucket.get(lab) for lab in labels]
+        level = "fine"
+    onehot = {c: np.array([k == c for k in classes]) for c in set(classes)}
+    n_classes = sum((sets & m).any(axis=1).astype(int) for m in onehot.values())
+    return n_classes > 1, level
 
 
 def _from_markers(

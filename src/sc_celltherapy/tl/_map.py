@@ -69,16 +69,22 @@ def map_to_reference(
     ``adata.obsm[f"{key_added}_probs"]`` (all labels, calibrated; columns in the order of
     ``adata.uns[key_added]["labels"]``: an array, as labels such as "CD4+/CD25 T Reg" cannot be
     h5ad column names),
-    ``adata.obs[f"{key_added}_oor_score"]`` (local outlier ratio: the mean latent distance to
-    the 50 nearest reference cells over those cells' own spacing; about 1 inside the reference,
-    higher is further from it, and the same scale for every bundle),
+    ``adata.obsm[f"{key_added}_set"]`` (bool, cells x labels in the same column order: the
+    conformal label set of each cell, which holds its true label with probability about
+    ``1 - alpha`` on donors like the bundle's held-out ones; ``obs[f"{key_added}_set_size"]``),
+    ``adata.obs[f"{key_added}_oor_score"]`` (out-of-reference score: the larger of the latent
+    local outlier ratio, ``obs[f"{key_added}_oor_latent"]``, and the expression excess,
+    ``obs[f"{key_added}_oor_expression"]``, the share of the cell's counts above anything the
+    reference's cells have, each over its 99% quantile on held-out reference cells; at most
+    about 1 inside the reference, higher is further from it),
     ``adata.obs[f"{key_added}_unassigned"]`` (bool: score above the bundle's threshold,
     ``adata.uns[key_added]["oor_threshold"]``, the split-conformal 99% quantile of held-out
     reference cells) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap,
-    settings, seed, whether surgery trained).
+    calibration and label-set reliability per donor, settings, seed, whether surgery trained).
     """
-    from ..atlas import load
-    from ..atlas._bundle import UNLABELED, apply_temperature, local_outlier_ratio
+    from ..atlas import calibrate, combine_oor, expression_excess, load, local_outlier_ratio
+    from ..atlas import prediction_sets as conformal_sets
+    from ..atlas._bundle import UNLABELED
     from ..atlas._model import (
         accelerator,
         map_query,
@@ -122,20 +128,30 @@ def map_to_reference(
             member_ratios.append(
                 local_outlier_ratio(ref_latent[i], member_latent, spacing[i], k=oor["k"])
             )
-        probs = apply_temperature(
-            np.mean(member_probs, axis=0), manifest["calibration"]["temperature"]
-        )
-        ratio = np.mean(member_ratios, axis=0)
+        calibration = manifest["calibration"]
+        probs = calibrate(np.mean(member_probs, axis=0), calibration)
+        sets = conformal_sets(probs, calibration["conformal"])
         best = probs.argmax(axis=1)
+        components = {
+            "latent": np.mean(member_ratios, axis=0),
+            "expression": _expression_excess(adata, layer, bundle, expression_excess),
+        }
+        score = combine_oor(components, oor["scales"])
 
-    # the raw ratio, not ratio / threshold: scores stay comparable between bundles (each has its
-    # own threshold) and the threshold stays a decision, recorded in uns
-    unassigned = ratio > oor["threshold"]
+    # each component in units of its held-out 99% quantile: about 1 or below inside the
+    # reference for every bundle; the threshold stays a decision, recorded in uns
+    unassigned = score > oor["threshold"]
     adata.obsm[f"X_{key_added}"] = latent.astype(np.float32)
     adata.obs[f"{key_added}_label"] = pd.Categorical(np.asarray(labels)[best], categories=labels)
     adata.obs[f"{key_added}_prob"] = probs[np.arange(adata.n_obs), best]
     adata.obsm[f"{key_added}_probs"] = probs
-    adata.obs[f"{key_added}_oor_score"] = ratio
+    adata.obsm[f"{key_added}_set"] = sets
+    adata.obs[f"{key_added}_set_size"] = sets.sum(axis=1)
+    hierarchy = manifest.get("hierarchy") or {}
+    _coarse_level(adata, probs, sets, labels, calibration, hierarchy, key_added)
+    adata.obs[f"{key_added}_oor_score"] = score
+    adata.obs[f"{key_added}_oor_latent"] = components["latent"]
+    adata.obs[f"{key_added}_oor_expression"] = components["expression"]
     adata.obs[f"{key_added}_unassigned"] = unassigned
     adata.uns[key_added] = uns_safe(
         {
@@ -147,8 +163,27 @@ def map_to_reference(
             "n_reference_genes": int(ref_genes.size),
             "n_missing_genes": len(missing),
             "labels": labels,
-            "calibration_temperature": manifest["calibration"]["temperature"],
+            # each label's coarse label, in label order (h5ad keys cannot hold "/")
+            "coarse_labels": [hierarchy.get(lab) for lab in labels],
+            # columns of obsm[f"{key_added}_set_coarse"]
+            "coarse_set_labels": sorted(set(hierarchy.values())),
+            "calibration": {
+                "method": calibration["method"],
+                "across_donors": calibration["across_donors"],
+                "ece_worst_donor": calibration["ece_worst_donor"],
+                "ece_mean_donor": calibration["ece_mean_donor"],
+                "worst_donor": calibration["worst_donor"],
+            },
+            "label_sets": {
+                "method": calibration["conformal"]["method"],
+                "alpha": calibration["conformal"]["alpha"],
+                "coverage_worst_donor": calibration["conformal"]["coverage_worst_donor"],
+                "coverage_per_donor": {
+                    d: r["coverage"] for d, r in calibration["per_donor"].items()
+                },
+            },
             "oor_method": oor["method"],
+            "oor_scales": oor["scales"],
             "n_members": n_members,
             "oor_threshold": oor["threshold"],
             "oor_quantile": oor["quantile"],
@@ -161,9 +196,74 @@ def map_to_reference(
             "seed": seed,
             "accelerator": accelerator(),
             "n_unassigned": int(unassigned.sum()),
+            "composition": _composition_check(probs, manifest.get("composition")),
         }
     )
+    composition = adata.uns[key_added]["composition"]
+    if composition.get("far"):
+        msg = (
+            f"The lot's label composition lies {composition['distance']:.2f} (total variation) "
+            f"from the nearest donor of {bundle.name!r}, further than any of its donors lie from "
+            f"each other ({composition['reference_max_nearest_distance']:.2f}): calibration and "
+            "label sets were never measured on such a mixture."
+        )
+        warnings.warn(msg, MappingWarning, stacklevel=2)
     logger.info("mapped %d cells; %d unassigned", adata.n_obs, int(unassigned.sum()))
+
+
+def _composition_check(probs: np.ndarray, composition: dict | None) -> dict:
+    """How far the lot's label composition (mean calibrated probabilities) lies from the
+    nearest reference donor's (total variation), against the largest such distance between
+    the reference's own donors: beyond it, the lot is unlike every donor the bundle saw, and
+    its calibration and label sets were never measured on such a mixture."""
+    lot = probs.mean(axis=0)
+    if not composition:
+        return {"checked": False}
+    donors = composition["fractions"]
+    dist = {d: float(0.5 * np.abs(lot - np.asarray(f)).sum()) for d, f in donors.items()}
+    nearest = min(dist, key=dist.get)
+    limit = composition.get("max_nearest_distance")
+    return {
+        "checked": limit is not None,
+        "nearest_donor": nearest,
+        "distance": dist[nearest],
+        "reference_max_nearest_distance": limit,
+        "far": bool(limit is not None and dist[nearest] > limit),
+    }
+
+
+def _coarse_level(adata, probs, sets, labels, calibration: dict, hierarchy: dict, key) -> None:
+    """The coarse call (sum of its fine labels' probabilities), its own conformal label set,
+    and the level at which each cell is resolved: one fine label, one coarse label, or mixed
+    (the set spans coarse labels)."""
+    from ..atlas import coarse_probs, prediction_sets
+
+    n_sets = sets.sum(axis=1)
+    if not hierarchy:
+        level = np.where(n_sets == 1, "fine", "mixed")
+    else:
+        coarse, names = coarse_probs(probs, [hierarchy[lab] for lab in labels])
+        coarse_sets = prediction_sets(coarse, calibration["conformal"]["coarse"])
+        level = np.where(
+            n_sets == 1, "fine", np.where(coarse_sets.sum(axis=1) == 1, "coarse", "mixed")
+        )
+        best = coarse.argmax(axis=1)
+        adata.obs[f"{key}_label_coarse"] = pd.Categorical(np.asarray(names)[best], categories=names)
+        adata.obs[f"{key}_prob_coarse"] = coarse[np.arange(adata.n_obs), best]
+        adata.obsm[f"{key}_set_coarse"] = coarse_sets
+    adata.obs[f"{key}_set_level"] = pd.Categorical(level, categories=["fine", "coarse", "mixed"])
+
+
+def _expression_excess(adata, layer, bundle, excess) -> np.ndarray:
+    """The lot's expression excess over the bundle's gene levels (genes matched by symbol or
+    Ensembl id; a reference gene the lot lacks adds nothing)."""
+    import scipy.sparse as sp
+
+    genes, gene_ids, levels = bundle.expression_levels()
+    cols = match_genes(adata, genes, gene_ids)
+    found = np.flatnonzero(cols >= 0)
+    counts = sp.csr_matrix(get_matrix(adata, layer))[:, cols[found]]
+    return excess(counts, levels[found].astype(np.float64))
 
 
 def check_genes(
@@ -214,16 +314,21 @@ def _check_species(adata: AnnData, manifest: dict) -> None:
 
 
 def _match_genes(adata: AnnData, manifest: dict) -> tuple[np.ndarray, float, list[str]]:
-    """Column of the lot for each reference gene (-1 if absent), by symbol or Ensembl id."""
     ref_genes = pd.Index(manifest["genes"])
-    cols = adata.var_names.get_indexer(ref_genes)
-    ref_ids = manifest.get("gene_ids")
-    if ref_ids and "gene_ids" in adata.var:
-        by_id = pd.Index(adata.var["gene_ids"].astype(str)).get_indexer(pd.Index(ref_ids))
-        if (by_id >= 0).sum() > (cols >= 0).sum():
-            cols = by_id
+    cols = match_genes(adata, ref_genes, manifest.get("gene_ids"))
     found = cols >= 0
     return cols, float(found.mean()), list(ref_genes[~found])
+
+
+def match_genes(adata: AnnData, genes, gene_ids=None) -> np.ndarray:
+    """Column of the lot for each reference gene (-1 if absent), by symbol or Ensembl id,
+    whichever finds more."""
+    cols = adata.var_names.get_indexer(pd.Index(genes))
+    if gene_ids is not None and len(gene_ids) and "gene_ids" in adata.var:
+        by_id = pd.Index(adata.var["gene_ids"].astype(str)).get_indexer(pd.Index(gene_ids))
+        if (by_id >= 0).sum() > (cols >= 0).sum():
+            cols = by_id
+    return cols
 
 
 def _query_anndata(adata, layer, cols, ref_genes, manifest, batch_key, unlabeled) -> AnnData:

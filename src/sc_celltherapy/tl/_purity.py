@@ -17,7 +17,7 @@ from .._utils import plain, uns_safe
 from .._validate import InputError, MissingKeyError, check_counts, gene_columns, get_matrix
 from ..release._spec import DETECTION_RULE, Spec
 from . import _cell_cycle
-from ._identity import TARGET, UNASSIGNED, identity_records, impurity_classes
+from ._identity import AMBIGUOUS, TARGET, UNASSIGNED, identity_records, impurity_classes
 from ._panels import MIN_PANEL_GENES as _PLURI_MIN_GENES
 
 LEVEL = 0.95
@@ -141,8 +141,9 @@ def assess_purity(
     number of cells that would have decided it. Classes: ``off_target`` (identities of that
     class), ``residual_pluripotent`` (pluripotency panel, see :func:`identity_score`),
     ``proliferating`` (scanpy's cell-cycle scoring with the Tirosh S and G2/M programmes:
-    phase S or G2M, deterministic), ``unassigned`` (out of the reference), all as fractions of cells passing
-    QC; ``doublets`` and ``low_quality`` as fractions of all barcodes called cells (from
+    phase S or G2M, deterministic), ``unassigned`` (out of the reference), ``ambiguous`` (with
+    a reference: the cell's conformal label set spans the target and an impurity, so argmax
+    would split it), all as fractions of cells passing QC; ``doublets`` and ``low_quality`` as fractions of all barcodes called cells (from
     ``uns["sct_qc"]`` of :func:`~sc_celltherapy.pp.filter_cells`, or from the QC flags when
     cells were flagged but not removed). The transgene-positive fraction (a count in any
     ``spec.transgene_features``) is reported as a lower bound. Several channels of one lot are
@@ -234,6 +235,10 @@ def assess_purity(
                 )
             )
     counts["unassigned"] = (int((classes == UNASSIGNED).sum()), n, "assessed")
+    if info.get("rules", {}).get("ambiguity_level") not in (None, "none"):
+        # only a reference's label sets can make a cell ambiguous; marker panels call it
+        # unassigned instead
+        counts["ambiguous"] = (int((classes == AMBIGUOUS).sum()), n, "assessed")
     for cls, flag in _QC_CLASSES.items():
         if flag in qc_excluded:
             counts[cls] = (qc_excluded[flag], n_barcodes, "barcodes")
@@ -243,6 +248,9 @@ def assess_purity(
             why = (
                 "run sct.pp.flag_low_quality / sct.pp.doublets before filter_cells"
                 if cls in _QC_CLASSES
+                else "ambiguous cells come from a reference's conformal label sets; map the "
+                "lot onto a reference (marker panels call such cells unassigned)"
+                if cls == "ambiguous"
                 else f"only {n_cc[0]} S / {n_cc[1]} G2M cell-cycle genes are in the matrix, "
                 f"fewer than {_cell_cycle.MIN_CELL_CYCLE_GENES} of either"
             )

@@ -1,0 +1,85 @@
+"""Cross-donor calibration and conformal label sets, on a generator with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sc_celltherapy.atlas._calibration import (
+    _fit_temperature,
+    apply_temperature,
+    calibrate,
+    expected_calibration_error,
+    fit_across_donors,
+    prediction_sets,
+)
+
+K = 6
+
+
+def donor_predictions(rng, n: int, sharpen: float):
+    """A donor's cells: true label probabilities (Dirichlet), labels drawn from them, and a
+    model's reported probabilities sharpened by ``sharpen`` (1: calibrated; 2: over-confident,
+    as a model is on a donor whose shift it never saw)."""
+    true_p = rng.dirichlet(np.full(K, 0.6), n)
+    y = (true_p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    return apply_temperature(true_p, 1 / sharpen), y
+
+
+def test_cross_donor_calibration_holds_on_a_new_donor_where_one_group_does_not():
+    """Known truth: donors differ in how over-confident the model is on them. A temperature
+    fitted on one held-out donor that happens to be well calibrated leaves a new, typical donor
+    over-confident; the calibration fitted across donors (every donor's out-of-fold cells) does
+    not, and the error it promises for new donors (its worst held-out donor) is honest."""
+    rng = np.random.default_rng(0)
+    sharpen = [1.0, 2.2, 1.8, 2.0, 2.5, 1.9]  # donor 0 is the odd one, well calibrated
+    donors = [donor_predictions(rng, 800, s) for s in sharpen]
+    new_p, new_y = donor_predictions(rng, 4000, 2.1)  # a new donor, typical of the others
+
+    one_group = _fit_temperature(*donors[0])
+    one_group_ece = expected_calibration_error(apply_temperature(new_p, **one_group), new_y)
+
+    probs = np.concatenate([p for p, _ in donors])
+    y = np.concatenate([y for _, y in donors])
+    names = np.repeat([f"d{i}" for i in range(len(donors))], [p.shape[0] for p, _ in donors])
+    cal = fit_across_donors(probs, y, names)
+    new_ece = expected_calibration_error(calibrate(new_p, cal), new_y)
+
+    assert expected_calibration_error(new_p, new_y) > 0.15  # uncalibrated: over-confident
+    assert one_group["temperature"] == pytest.approx(1.0, abs=0.1)
+    assert one_group_ece > 0.15
+    assert new_ece < 0.04
+    # the promise is measured on donors left out of the fit: the odd donor is the worst one
+    assert cal["worst_donor"] == "d0" and cal["ece_worst_donor"] > 0.1
+    assert cal["ece_mean_donor"] < cal["ece_worst_donor"]
+    assert set(cal["per_donor"]) == {f"d{i}" for i in range(6)}
+
+
+def test_label_sets_cover_new_donors_at_their_level():
+    """Conformal label sets fitted on held-out donors cover the true label of a new donor's
+    cells at 1 - alpha: within the binomial 99% interval of 90% over 5,000 cells, with sets
+    smaller than all labels."""
+    rng = np.random.default_rng(1)
+    donors = [donor_predictions(rng, 600, s) for s in (1.8, 2.0, 2.2, 1.9, 2.1)]
+    probs = np.concatenate([p for p, _ in donors])
+    y = np.concatenate([y for _, y in donors])
+    names = np.repeat([f"d{i}" for i in range(5)], 600)
+    cal = fit_across_donors(probs, y, names, alpha=0.1)
+    new_p, new_y = donor_predictions(rng, 5000, 2.0)
+    sets = prediction_sets(calibrate(new_p, cal), cal["conformal"])
+    coverage = sets[np.arange(new_y.size), new_y].mean()
+    half_width = 2.576 * np.sqrt(0.9 * 0.1 / new_y.size)  # ~0.011
+    assert 0.9 - half_width <= coverage <= 0.9 + half_width + 0.02
+    assert 1 < sets.sum(axis=1).mean() < K - 1
+    assert sets.any(axis=1).all()
+    # per held-out donor (fitted without it), coverage at the level too
+    assert min(r["coverage"] for r in cal["per_donor"].values()) > 0.86
+    assert cal["conformal"]["coverage_worst_donor"] == min(
+        r["coverage"] for r in cal["per_donor"].values()
+    )
+
+
+def test_one_donor_is_refused():
+    probs = np.full((10, 3), 1 / 3)
+    with pytest.raises(Exception, match="at least two donors"):
+        fit_across_donors(probs, np.zeros(10, int), np.array(["a"] * 10))
