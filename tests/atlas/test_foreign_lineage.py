@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import sc_celltherapy as sct
-from sc_celltherapy.tl import MappingWarning
 
 
 def _counts(adata, gene: str) -> np.ndarray:
@@ -50,31 +49,62 @@ def t_cell_bundle(shared_data, tmp_path_factory):
 
 @pytest.mark.slow
 def test_t_cell_bundle_is_calibrated_across_its_donors(t_cell_bundle):
+    """Measured on donors left out of both the models and the calibration (deterministic on
+    CPU). The study's patients differ: a temperature fitted on the others spoils the one whose
+    probabilities were already honest, so nested validation keeps the ensemble's own ones, and
+    the worst donor's error is what the bundle promises, not the pooled one."""
     cal = t_cell_bundle.manifest["calibration"]
     assert cal["across_donors"] and cal["folds"]["n_folds"] == 5
     assert set(cal["per_donor"]) == {"P01", "P02", "P03", "P06", "P13"}
-    assert cal["worst_donor"] in cal["per_donor"]
     assert "note" not in cal
+    assert cal["method"] == "none"
+    assert cal["worst_donor"] == "P02"
+    assert cal["ece_worst_donor"] == pytest.approx(0.1643, abs=0.002)
+    assert cal["ece_mean_donor"] == pytest.approx(0.1458, abs=0.002)
+    # P13's 31 cells are reported but not quoted (fewer than 50)
+    assert cal["per_donor"]["P13"]["n_cells"] == 31
+    assert cal["conformal"]["coverage_worst_donor"] == pytest.approx(0.8557, abs=0.002)
+
+
+def _mapped(shared_data, name: str, bundle):
+    cells = ad.read_h5ad(shared_data / name)
+    cells.var_names_make_unique()
+    lot = ad.AnnData(X=cells.X.copy(), var=cells.var.copy())
+    lot.obs_names = cells.obs_names
+    sct.tl.map_to_reference(lot, bundle)
+    return lot, marker_truth(cells)
 
 
 @pytest.mark.slow
-def test_foreign_lineages_of_the_real_marrow_are_called_out_of_reference(
+def test_foreign_lineages_of_the_real_samples_are_called_out_of_reference(
     t_cell_bundle, shared_data
 ):
-    marrow = ad.read_h5ad(shared_data / "cart_unsorted_marrow_P01_CAR-T10593344.h5ad")
-    marrow.var_names_make_unique()
-    truth = marker_truth(marrow)
-    lot = ad.AnnData(X=marrow.X.copy(), var=marrow.var.copy())
-    lot.obs_names = marrow.obs_names
-    with pytest.warns(MappingWarning, match="composition"):
-        sct.tl.map_to_reference(lot, t_cell_bundle)
+    """Monocytes, erythroid and B cells of the unsorted marrow and blood samples against the
+    T-cell bundle (measured, deterministic on CPU). The latent ratio alone separates the
+    marrow's foreign cells from its T cells at AUROC 0.68; the expression excess sees their
+    LYZ, S100A8/9 and VCAN. In blood the call is clean: every foreign cell caught, 1.4% of T
+    cells unassigned. In marrow 95% are caught, but so are 48% of its T cells: they carry
+    myeloid transcripts too (S100A9 above the sorted T cells' range in 65% of them, VCAN in
+    44%), and neither QC nor scrublet removes them."""
     from sklearn.metrics import roc_auc_score
 
-    scored = truth >= 0
-    obs = lot.obs
-    auroc = roc_auc_score(truth[scored], obs["sct_ref_oor_score"][scored])
-    latent = roc_auc_score(truth[scored], obs["sct_ref_oor_latent"][scored])
-    caught = obs["sct_ref_unassigned"][truth == 1].mean()
-    t_unassigned = obs["sct_ref_unassigned"][truth == 0].mean()
-    print(auroc, latent, caught, t_unassigned)
-    assert False
+    measured = {
+        "cart_unsorted_marrow_P01_CAR-T10593344.h5ad": (0.9044, 0.6809, 241, 253, 102, 213),
+        "cart_unsorted_blood_P02_CAR-T10310324.h5ad": (0.9999, 0.9022, 47, 47, 11, 766),
+    }
+    for name, (auroc, latent, caught, n_foreign, t_out, n_t) in measured.items():
+        lot, truth = _mapped(shared_data, name, t_cell_bundle)
+        scored = truth >= 0
+        obs = lot.obs
+        assert roc_auc_score(truth[scored], obs["sct_ref_oor_score"][scored]) == pytest.approx(
+            auroc, abs=0.002
+        )
+        assert roc_auc_score(truth[scored], obs["sct_ref_oor_latent"][scored]) == pytest.approx(
+            latent, abs=0.002
+        )
+        assert (truth == 1).sum() == n_foreign and (truth == 0).sum() == n_t
+        assert obs["sct_ref_unassigned"][truth == 1].sum() == caught
+        assert obs["sct_ref_unassigned"][truth == 0].sum() == t_out
+        # composition is checked against the five donors, and neither sample is flagged
+        assert lot.uns["sct_ref"]["composition"]["checked"]
+        assert not lot.uns["sct_ref"]["composition"]["far"]

@@ -303,6 +303,12 @@ def _held_out_fold(fit: AnnData, held: AnnData, train_kwargs: dict, seeds: list,
     saw, a batch of their own when the reference has one). Returns the members' mean label
     probabilities and local outlier ratios of the held-out cells, and the fold's labels."""
     labels_key = train_kwargs["labels_key"]
+    # a label left with too few cells once its donors are out cannot be learnt by this fold's
+    # models: its few cells leave the fold's training, and its held-out cells are novel to it
+    counts = fit.obs[labels_key].value_counts()
+    rare = counts.index[counts < MIN_CELLS_PER_LABEL]
+    if len(rare):
+        fit = fit[~fit.obs[labels_key].isin(rare).to_numpy()].copy()
     for col in (labels_key, batch_key):
         if col is not None:
             fit.obs[col] = fit.obs[col].cat.remove_unused_categories()
