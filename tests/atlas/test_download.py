@@ -602,7 +602,11 @@ def test_build_from_manifest_pbmc_demo(tmp_path):
         "pbmc_demo", out_dir=tmp_path / "bundle", max_epochs=2, scanvi_max_epochs=1
     )
     manifest = bundle.manifest
-    assert (bundle.name, bundle.version) == ("pbmc_demo", "1.4")
+    assert (bundle.name, bundle.version) == ("pbmc_demo", "1.5")
+    # the manifest's lineage level becomes the bundle's label hierarchy
+    assert manifest["coarse_key"] == "cell_lineage"
+    assert manifest["hierarchy"]["CD56+ NK"] == "NK cell"
+    assert manifest["hierarchy"]["Dendritic"] == "myeloid"
     assert len(bundle.labels) == 10 and len(bundle.genes) == 765
     assert manifest["n_cells"]["total"] == 700 and manifest["species"] == "human"
     assert manifest["model"]["n_latent"] == 10 and manifest["model"]["max_epochs"] == 2

@@ -59,10 +59,18 @@ def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
     assert r["inputs"]["sha256"] == sct.io.file_sha256(cart_product_path)
     assert r["inputs"]["n_barcodes"] == 1099
     assert r["reference"]["sha256"] == demo_bundle.sha256
-    # measured: 703 of the 734 cells passing QC are T cells (95.8%), every criterion of the
-    # example spec passes
+    # measured: 705 of the 734 cells passing QC are T cells (96.0%), every criterion of the
+    # example spec passes; no cell's lineage label set spans T cells and an impurity
     assert r["verdict"] == "PASS"
-    assert r["qc"]["n_assessed"] == 734 and r["criteria"][0]["n"] == 703
+    assert r["qc"]["n_assessed"] == 734 and r["criteria"][0]["n"] == 705
+    ambiguous = r["purity"]["impurities"]["ambiguous"]
+    assert ambiguous["n"] == 0 and ambiguous["limit"] is None  # reported, not judged
+    # what the reference promises, as its bundle measured it: one batch, so within-donor only
+    reliability = r["reference"]["calibration"]
+    assert reliability["across_donors"] is False and "One batch" in reliability["note"]
+    assert reliability["label_sets"]["alpha"] == 0.1
+    assert set(reliability["per_donor"]) == {"half 1", "half 2"}
+    assert r["mapping"]["set_levels"] == {"fine": 224, "coarse": 510, "mixed": 0}
     # every judged criterion carries its interval, limit and verdict
     target = r["criteria"][0]
     assert target["criterion"] == "target" and target["limit"] == 0.8

@@ -120,7 +120,7 @@ def identity_score(
             "or pass profile= to classify with its marker panels."
         )
         raise MissingKeyError(msg)
-    coarse = list(adata.uns[reference_key].get("coarse_labels", [])) if mapped else []
+    coarse = [str(c) for c in adata.uns[reference_key].get("coarse_labels", [])] if mapped else []
     identities = resolve_identities(prof, target, ref_labels, coarse)
     coverage = panel_coverage(adata, identities, min_genes=min_genes, min_fraction=min_fraction)
     if not mapped:
@@ -423,11 +423,11 @@ def ambiguous_cells(adata, reference_key, identities) -> tuple[np.ndarray, str]:
     for ident in identities:
         for lab in ident["reference_labels"]:
             bucket[lab] = ident["class"]
-    coarse = list(rec.get("coarse_labels") or [])
+    coarse = [str(c) for c in rec.get("coarse_labels", [])]  # an array after an h5ad round trip
     set_key = f"{reference_key}_set"
     if set_key not in adata.obsm:  # mapped before label sets existed
         return np.zeros(adata.n_obs, dtype=bool), "none"
-    whole = bool(coarse) and None not in coarse and f"{set_key}_coarse" in adata.obsm
+    whole = len(coarse) == len(labels) and f"{set_key}_coarse" in adata.obsm
     if whole:
         by_coarse: dict[str, set] = {}
         for lab, c in zip(labels, coarse, strict=True):

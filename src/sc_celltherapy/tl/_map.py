@@ -164,7 +164,7 @@ def map_to_reference(
             "n_missing_genes": len(missing),
             "labels": labels,
             # each label's coarse label, in label order (h5ad keys cannot hold "/")
-            "coarse_labels": [hierarchy.get(lab) for lab in labels],
+            "coarse_labels": [hierarchy[lab] for lab in labels] if hierarchy else [],
             # columns of obsm[f"{key_added}_set_coarse"]
             "coarse_set_labels": sorted(set(hierarchy.values())),
             "calibration": {
