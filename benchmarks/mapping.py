@@ -95,11 +95,17 @@ def write_folds(work: Path, patients: list[str]) -> tuple[dict, np.ndarray, np.n
     return folds, cells.obs["CellType1"].to_numpy(), cells.obs["Patient"].to_numpy()
 
 
-def write_foreign_query(work: Path) -> np.ndarray:
-    """The unsorted P01 marrow sample as a query; returns 1 foreign, 0 T cell, -1 neither."""
+MARROW = "cart_unsorted_marrow_P01_CAR-T10593344.h5ad"
+
+
+def write_foreign_query(
+    work: Path, file: str = MARROW, query_name: str = "foreign", patient: str = "P01_marrow"
+) -> np.ndarray:
+    """An unsorted sample (default: the P01 marrow) as ``query_<query_name>.h5ad``; returns 1
+    foreign, 0 T cell, -1 neither, by markers."""
     import anndata as ad
 
-    marrow = ad.read_h5ad(shared_data() / "cart_unsorted_marrow_P01_CAR-T10593344.h5ad")
+    marrow = ad.read_h5ad(shared_data() / file)
     marrow.var_names_make_unique()
 
     def detected(gene: str, at_least: int = 1) -> np.ndarray:
@@ -113,8 +119,8 @@ def write_foreign_query(work: Path) -> np.ndarray:
     truth[other & ~t_cell & ~detected("NKG7")] = 1
     query = ad.AnnData(X=marrow.X.copy(), var=marrow.var.copy())
     query.obs_names = marrow.obs_names
-    query.obs["Patient"] = "P01_marrow"
-    query.write_h5ad(work / "query_foreign.h5ad")
+    query.obs["Patient"] = patient
+    query.write_h5ad(work / f"query_{query_name}.h5ad")
     return truth
 
 
@@ -135,12 +141,25 @@ def resampled_lot(work: Path, n_cells: int) -> Path:
 
 def run_method(method, p, cond, work, args, query_name=None) -> dict:
     """One method trained on fold ``p``'s reference (``cond``) and mapping its query (or
-    ``query_<query_name>.h5ad``). With ``--work-dir``, a run already there from the same code
-    (``code_digest``) is reused, so a long benchmark can be resumed after an interruption."""
+    ``query_<query_name>.h5ad`` onto the models the fold's own run trained and left)."""
     query_name = query_name or p
-    ref, query = work / f"ref_{p}_{cond}.h5ad", work / f"query_{query_name}.h5ad"
-    tag = f"{method}_{p}_{cond}" + ("" if query_name == p else f"_{query_name}")
-    out, record_path = work / f"{tag}.npz", work / f"{tag}.json"
+    return run_kept(
+        method,
+        work / f"ref_{p}_{cond}.h5ad",
+        work / f"query_{query_name}.h5ad",
+        name=f"{method}_{p}_{cond}" + ("" if query_name == p else f"_{query_name}"),
+        fold_dir=work / f"{method}_{p}_{cond}",
+        train=query_name == p,
+        args=args,
+    )
+
+
+def run_kept(method, ref, query, *, name, fold_dir, train, args, extra=()) -> dict:
+    """Run one method in its own process, writing ``<name>.npz`` and ``<name>.json`` beside
+    ``fold_dir``. With ``--work-dir``, a run already there from the same code (``code_digest``)
+    is reused, so a long benchmark can be resumed after an interruption. ``train=False`` maps
+    ``query`` onto the models a training run left in ``fold_dir``."""
+    out, record_path = fold_dir.parent / f"{name}.npz", fold_dir.parent / f"{name}.json"
     if record_path.exists() and out.exists():
         record = json.loads(record_path.read_text())
         if record.pop("code") == args.code:
@@ -155,20 +174,19 @@ def run_method(method, p, cond, work, args, query_name=None) -> dict:
             python=args.celltypist_python,
         )
     else:
-        # another query is mapped onto the models the fold's own run trained and left
-        fold_dir = work / (tag if query_name == p else f"{method}_{p}_{cond}")
-        if query_name == p:
+        if train:
             shutil.rmtree(fold_dir, ignore_errors=True)  # a run interrupted before its record
             fold_dir.mkdir()
         r = run_child(
             "_mapping_child",
-            method if query_name == p else f"{method}_map",
+            method if train else f"{method}_map",
             str(ref),
             str(query),
             str(out),
             str(fold_dir),
             str(SEED),
             str(args.max_epochs),
+            *map(str, extra),
         )
     record_path.write_text(json.dumps(r | {"code": args.code}))
     r["predictions"] = dict(np.load(out, allow_pickle=False))
@@ -383,7 +401,7 @@ def main() -> None:
             "max_epochs_scvi": args.max_epochs,
             "oor_label": OOR_LABEL,
             "foreign_query": {
-                "file": "cart_unsorted_marrow_P01_CAR-T10593344.h5ad",
+                "file": MARROW,
                 "reference_fold": foreign_fold,
                 "n_foreign": int((foreign_truth == 1).sum()),
                 "n_t_cells": int((foreign_truth == 0).sum()),

@@ -26,7 +26,6 @@ a rerun of the same code resumes. Writes ``benchmarks/results/mapping_new_donors
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -35,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import code_digest, machine, run_child, shared_data, write_json  # noqa: E402
-from mapping import MIN_LABEL_CELLS, labelled_cells  # noqa: E402
+from _common import code_digest, machine, write_json  # noqa: E402
+from mapping import MIN_LABEL_CELLS, labelled_cells, run_kept, write_foreign_query  # noqa: E402
 
 SEED = 0
 SPLITS = [("P01", "P02"), ("P02", "P03"), ("P03", "P06"), ("P06", "P13"), ("P13", "P01")]
@@ -49,26 +48,8 @@ ALPHA = 0.1
 
 
 def foreign_query(work: Path, name: str) -> np.ndarray:
-    """An unsorted sample as a query; returns 1 foreign, 0 T cell, -1 neither (markers)."""
-    import anndata as ad
-
-    cells = ad.read_h5ad(shared_data() / FOREIGN[name])
-    cells.var_names_make_unique()
-
-    def detected(gene: str, at_least: int = 1) -> np.ndarray:
-        return np.asarray(cells[:, gene].X.todense()).ravel() >= at_least
-
-    other = (detected("LYZ") & detected("CD14")) | detected("HBB", 5)
-    other |= detected("CD79A") | detected("MS4A1")
-    t_cell = detected("CD3D") | detected("CD3E")
-    truth = np.full(cells.n_obs, -1)
-    truth[t_cell & ~other] = 0
-    truth[other & ~t_cell & ~detected("NKG7")] = 1
-    query = ad.AnnData(X=cells.X.copy(), var=cells.var.copy())
-    query.obs_names = cells.obs_names
-    query.obs["Patient"] = f"{name}_sample"
-    query.write_h5ad(work / f"query_{name}.h5ad")
-    return truth
+    """An unsorted sample as ``query_<name>.h5ad``: 1 foreign, 0 T cell, -1 neither."""
+    return write_foreign_query(work, FOREIGN[name], name, f"{name}_sample")
 
 
 def write_split(work: Path, cells, test: tuple[str, str]) -> np.ndarray:
@@ -85,40 +66,16 @@ def write_split(work: Path, cells, test: tuple[str, str]) -> np.ndarray:
 def run(method: str, tag: str, query: str, work: Path, args) -> dict:
     """One method on split ``tag`` mapping ``query_<query>.h5ad`` (the split's own query, or a
     foreign sample onto the models the split's run left). Reuses a kept run of the same code."""
-    name = f"{method}_{tag}" + ("" if query == tag else f"_{query}")
-    out, record_path = work / f"{name}.npz", work / f"{name}.json"
-    if record_path.exists() and out.exists():
-        record = json.loads(record_path.read_text())
-        if record.pop("code") == args.code:
-            return record | {"predictions": dict(np.load(out, allow_pickle=False))}
-    ref, query_path = work / f"ref_{tag}.h5ad", work / f"query_{query}.h5ad"
-    if method == "celltypist":
-        r = run_child(
-            "_mapping_celltypist",
-            str(ref),
-            str(query_path),
-            str(out),
-            str(SEED),
-            python=args.celltypist_python,
-        )
-    else:
-        fold_dir = work / f"{method}_{tag}"
-        if query == tag:
-            shutil.rmtree(fold_dir, ignore_errors=True)
-            fold_dir.mkdir()
-        r = run_child(
-            "_mapping_child",
-            method if query == tag else f"{method}_map",
-            str(ref),
-            str(query_path),
-            str(out),
-            str(fold_dir),
-            str(SEED),
-            str(args.max_epochs),
-            str(args.n_members),
-        )
-    record_path.write_text(json.dumps(r | {"code": args.code}))
-    return r | {"predictions": dict(np.load(out, allow_pickle=False))}
+    return run_kept(
+        method,
+        work / f"ref_{tag}.h5ad",
+        work / f"query_{query}.h5ad",
+        name=f"{method}_{tag}" + ("" if query == tag else f"_{query}"),
+        fold_dir=work / f"{method}_{tag}",
+        train=query == tag,
+        args=args,
+        extra=(args.n_members,),
+    )
 
 
 def donor_metrics(pred: dict, truth: np.ndarray) -> dict:
