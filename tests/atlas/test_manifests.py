@@ -13,7 +13,7 @@ import pytest
 import sc_celltherapy as sct
 from sc_celltherapy.atlas import ManifestError
 from sc_celltherapy.atlas import _manifests as mf
-from sc_celltherapy.atlas._download import prepare_obs
+from sc_celltherapy.atlas._recipe import prepare_obs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ATLASES = {

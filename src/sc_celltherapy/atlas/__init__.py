@@ -2,10 +2,11 @@
 
 from ._bundle import build
 from ._calibration import calibrate, coarse_probs, prediction_sets
-from ._download import FetchError, HashMismatchError, build_from_manifest, fetch
+from ._download import FetchError, HashMismatchError, fetch
 from ._manifests import ManifestError, list_manifests, load_manifest, load_profile, validate
 from ._novelty import combine as combine_oor
 from ._novelty import expression_excess, local_outlier_ratio
+from ._recipe import build_from_manifest
 from ._registry import list_bundles as list  # noqa: A001  (sct.atlas.list(), as the issue names it)
 from ._registry import load
 from ._store import BundleError, ReferenceBundle, verify

@@ -62,7 +62,7 @@ def load(name_or_path: str | os.PathLike | ReferenceBundle) -> ReferenceBundle:
 
 def _demo_bundle() -> ReferenceBundle:
     """The embedded reference, built exactly as its shipped manifest says (one definition)."""
-    from ._download import build_from_manifest
+    from ._recipe import build_from_manifest
 
     path = bundles_dir() / f"{DEMO_NAME}-{DEMO_VERSION}"
     if path.exists():
