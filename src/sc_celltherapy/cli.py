@@ -11,6 +11,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._cli_atlas import add_atlas_commands
+from ._cli_summaries import cluster_summary, map_summary, qc_summary, release_summary
 from ._logging import logger
 from ._validate import InputError
 
@@ -154,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     av.add_argument("log", type=Path)
     av.set_defaults(func=_cmd_audit_verify)
 
-    _add_atlas_commands(sub)
+    add_atlas_commands(sub)
     return parser
 
 
@@ -170,36 +172,6 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="release spec YAML (default: the product's example spec)",
     )
-
-
-def _add_atlas_commands(sub) -> None:
-    atlas = sub.add_parser("atlas", help="reference bundles: list, verify, build, fetch")
-    cmds = atlas.add_subparsers(dest="atlas_command", required=True)
-    ls = cmds.add_parser("list", help="cached bundles and shipped atlas / profile manifests")
-    ls.set_defaults(func=_cmd_atlas_list)
-    ver = cmds.add_parser("verify", help="check every hash and the scvi-tools version of a bundle")
-    ver.add_argument("bundle", help="bundle directory or name")
-    ver.set_defaults(func=_cmd_atlas_verify)
-    b = cmds.add_parser("build", help="train scVI + scANVI on a labelled reference, write a bundle")
-    b.add_argument("input", type=Path, help="reference with raw counts (.h5ad, 10x .h5 / folder)")
-    b.add_argument("--labels-key", required=True, help=".obs column of cell-type labels")
-    b.add_argument("--name", required=True)
-    b.add_argument("--version", required=True)
-    b.add_argument("--out", type=Path, required=True, help="bundle directory (must not exist)")
-    b.add_argument("--batch-key", default=None, help=".obs column of donors / runs")
-    b.add_argument("--max-epochs", type=int, default=None, help="scVI epochs (default: heuristic)")
-    b.add_argument(
-        "--n-members", type=int, default=None, help="models in the seed ensemble (default 3)"
-    )
-    b.add_argument("--seed", type=int, default=0)
-    b.set_defaults(func=_cmd_atlas_build)
-    f = cmds.add_parser(
-        "fetch", help="download a shipped atlas (hash-checked) and build its bundle (internet)"
-    )
-    f.add_argument("name", help="atlas manifest name (see `atlas list`)")
-    f.add_argument("--dest", type=Path, default=None, help="download folder (default: cache)")
-    f.add_argument("--no-build", action="store_true", help="download and verify only")
-    f.set_defaults(func=_cmd_atlas_fetch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,7 +216,7 @@ def _cmd_qc(args: argparse.Namespace) -> None:
     if not args.no_filter:
         pp.filter_cells(adata)
     adata.write_h5ad(args.out)
-    print(_qc_summary(adata))
+    print(qc_summary(adata))
 
 
 def _cmd_cluster(args: argparse.Namespace) -> None:
@@ -256,7 +228,7 @@ def _cmd_cluster(args: argparse.Namespace) -> None:
         adata, resolution=args.resolution, n_top_genes=args.n_top_genes, random_state=args.seed
     )
     adata.write_h5ad(args.out)
-    print(_cluster_summary(adata))
+    print(cluster_summary(adata))
 
 
 def _cmd_map(args: argparse.Namespace) -> None:
@@ -267,76 +239,7 @@ def _cmd_map(args: argparse.Namespace) -> None:
     adata = io.read(args.input)
     tl.map_to_reference(adata, bundle, batch_key=args.batch_key, seed=args.seed)
     adata.write_h5ad(args.out)
-    print(_map_summary(adata))
-
-
-def _cmd_atlas_list(args: argparse.Namespace) -> None:
-    from . import atlas
-
-    table = atlas.list()
-    print(table.to_string(index=False) if len(table) else "no bundles or manifests found")
-
-
-def _cmd_atlas_verify(args: argparse.Namespace) -> None:
-    from . import atlas
-
-    bundle = atlas.load(args.bundle)
-    print(f"OK {bundle!r}\n  sha256 {bundle.sha256}")
-
-
-def _cmd_atlas_build(args: argparse.Namespace) -> None:
-    from . import atlas, io
-
-    if args.out.exists():
-        msg = f"Bundle directory {args.out} exists; a bundle is never overwritten. Choose another."
-        raise FileExistsError(msg)
-    adata = io.read(args.input)
-    bundle = atlas.build(
-        adata,
-        labels_key=args.labels_key,
-        batch_key=args.batch_key,
-        name=args.name,
-        version=args.version,
-        out_dir=args.out,
-        max_epochs=args.max_epochs,
-        seed=args.seed,
-        **({} if args.n_members is None else {"n_members": args.n_members}),
-    )
-    cal = bundle.manifest["calibration"]
-    where = "per held-out donor" if cal["across_donors"] else "within donor (one batch)"
-    print(
-        f"Built {bundle!r}\n  sha256 {bundle.sha256}\n  ECE {where}: worst "
-        f"{cal['ece_worst_donor']:.3f} ({cal['worst_donor']}), mean {cal['ece_mean_donor']:.3f}"
-        f" after {cal['method']}; label sets at alpha={cal['conformal']['alpha']}: worst "
-        f"coverage {cal['conformal']['coverage_worst_donor']:.3f}"
-    )
-
-
-def _cmd_atlas_fetch(args: argparse.Namespace) -> None:
-    from . import atlas
-
-    files = atlas.fetch(args.name, dest=args.dest)
-    for name, path in files.items():
-        print(f"verified {name}: {path}")
-    if not args.no_build:
-        bundle = atlas.build_from_manifest(args.name, dest=args.dest)
-        print(f"Built {bundle!r}\n  sha256 {bundle.sha256}")
-
-
-def _map_summary(adata) -> str:
-    rec = adata.uns["sct_ref"]
-    lines = [
-        f"Mapped onto {rec['bundle']} v{rec['version']} (sha256 {rec['sha256'][:12]}...), "
-        f"gene overlap {rec['gene_overlap']:.1%}",
-        f"{'label':<32} {'cells':>6} {'median prob':>11}",
-    ]
-    obs = adata.obs
-    for label, n in obs["sct_ref_label"].value_counts().items():
-        if n:
-            med = obs.loc[obs["sct_ref_label"] == label, "sct_ref_prob"].median()
-            lines.append(f"{label!s:<32} {n:>6} {med:>11.2f}")
-    lines.append(f"{'unassigned (out of reference)':<32} {int(obs['sct_ref_unassigned'].sum()):>6}")
-    return "\n".join(lines)
+    print(map_summary(adata))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -374,7 +277,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
             seed=args.seed,
             progress=_progress,
         )
-    print(_release_summary(result))
+    print(release_summary(result))
 
 
 def _progress(line: str) -> None:
@@ -406,35 +309,7 @@ def _cmd_release(args: argparse.Namespace) -> None:
         audit_log=args.audit_log,
         progress=_progress,
     )
-    print(_release_summary(result))
-
-
-def _release_summary(result) -> str:
-    r = result.results
-    lines = [f"Lot {r['lot_id']} ({r['product']}): verdict {r['verdict']}"]
-    if r["spec"]["example"]:
-        lines.append(
-            "  (judged against an EXAMPLE spec shipped with the profile, not a regulatory limit)"
-        )
-    lines.append(f"  {'criterion':<32} {'fraction':>9} {'95% interval':>19} {'limit':>8}  verdict")
-    for c in r["criteria"]:
-        interval = f"[{c['ci_low']:.2%}, {c['ci_high']:.2%}]"
-        if c.get("limit_max") is not None:
-            interval += f" (at most {c['limit_max']:.2%})"
-        lines.append(
-            f"  {c['criterion']:<32} {c['fraction']:>9.2%} {interval:>19} {c['limit']:>8.2%}  {c['verdict']}"
-        )
-    lines.append(f"  {r['detection']['statement']}")
-    rerun = r["run"].get("rerun")
-    if rerun is not None:
-        lines.append(
-            "  verify-rerun: results agree"
-            if rerun["agrees"]
-            else f"  verify-rerun: results DIFFER in {rerun['differences']}"
-        )
-    lines.append(f"Wrote {result.out_dir}/: results.json, lot.h5ad, report.html, audit.jsonl")
-    lines.append(f"  audit: last hash {result.audit_last_hash} (record it)")
-    return "\n".join(lines)
+    print(release_summary(result))
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
@@ -555,33 +430,6 @@ def _cmd_audit_verify(args: argparse.Namespace) -> None:
         f"OK {summary.path}: {summary.n_records} records, {len(summary.runs)} run(s), chain intact; "
         f"last hash {summary.last_hash}"
     )
-
-
-def _qc_summary(adata) -> str:
-    record = adata.uns.get("sct_qc", {})
-    lines = ["QC summary", f"  cells before QC   {record.get('n_cells_before', adata.n_obs):>7}"]
-    for key, n in record.get("n_removed", {}).items():
-        lines.append(f"  flagged {key:<30} {n:>7}")
-    lines.append(f"  cells after QC    {adata.n_obs:>7}")
-    return "\n".join(lines)
-
-
-def _cluster_summary(adata, label_key: str | None = None) -> str:
-    key = "sct_cluster"
-    markers = adata.uns.get(f"{key}_markers")
-    header = f"{'cluster':>7} {'cells':>6}  {'top markers':<34}"
-    if label_key:
-        header += "  majority label"
-    lines = ["Clusters", header]
-    for name, n in adata.obs[key].value_counts(sort=False).items():
-        top = ", ".join(markers["names"][str(name)][:4]) if markers is not None else ""
-        line = f"{name!s:>7} {n:>6}  {top:<34}"
-        if label_key:
-            labels = adata.obs.loc[adata.obs[key] == name, label_key]
-            major = labels.value_counts()
-            line += f"  {major.index[0]} ({major.iloc[0] / n:.0%})"
-        lines.append(line)
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
