@@ -69,6 +69,26 @@ def check_profile(p: dict, source: str, atlas: Mapping | None) -> None:
                     f"(column {atlas['label_keys']['fine']!r}); its labels are {known}.",
                 )
 
+    gate = p["target"].get("lineage_gate")
+    if gate:
+        off_target = {x["name"] for x in p["off_target"] if x["class"] == "off_target"}
+        for i, name in enumerate(gate["rescues"]):
+            if name not in off_target:
+                _fail(
+                    source,
+                    f"$.target.lineage_gate.rescues[{i}]",
+                    f"{name!r} is no off-target identity of this profile (off-target: "
+                    f"{sorted(off_target)}); a gate may only override off-target calls, never a "
+                    "forbidden or residual pluripotent one.",
+                )
+        clash = sorted(set(gate["genes"]) & set(p["target"]["markers"].get("negative", [])))
+        if clash:
+            _fail(
+                source,
+                "$.target.lineage_gate.genes",
+                f"genes {clash} are negative markers of the target; a gate gene is evidence for it.",
+            )
+
     spec = p["example_spec"]
     limits = spec["max_impurity"]
     if "residual_pluripotent" in limits and not any(

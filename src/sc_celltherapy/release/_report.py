@@ -119,7 +119,25 @@ def identity_section(results: dict) -> str:
     return (
         f"<p id='identity-method' class='{box}'><b>Identity method: "
         f"{escape(ident['method'])}.</b> {escape(ident['statement'])}</p>"
+        f"{_gate_text(ident.get('rules', {}).get('lineage_gate'))}"
         f"<table id='identity-panels'>{head}{''.join(rows)}</table>"
+    )
+
+
+def _gate_text(gate: dict | None) -> str:
+    """The profile's lineage gate (id ``lineage-gate``): its rule and what it changed."""
+    if not gate:
+        return ""
+    moved = ", ".join(f"{n} from {escape(c)}" for c, n in gate.get("rescued_from", {}).items())
+    missing = (
+        f" Gate genes missing from the lot: {escape(', '.join(gate['genes_missing']))}."
+        if gate.get("genes_missing")
+        else ""
+    )
+    return (
+        f"<p id='lineage-gate'><b>Lineage gate.</b> {escape(gate['rule'])}. "
+        f"{gate['n_passing']} cells pass the gate; {gate['n_rescued']} were classed target by "
+        f"it{' (' + moved + ')' if moved else ''}.{missing}</p>"
     )
 
 

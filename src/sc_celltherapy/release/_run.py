@@ -27,6 +27,7 @@ from .._logging import logger
 from .._utils import plain
 from ..io import file_sha256
 from ..pp._qc import QCWarning
+from ..tl._identity import IdentityWarning
 from ..tl._map import MappingWarning
 from ._audit import AUDIT_FILE, AuditLog
 from ._preflight import ReleaseExistsError, ResolvedInputs, preflight, preflight_again
@@ -189,7 +190,7 @@ def run(
 
 
 def _chain(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, say, audit):
-    own = (QCWarning, MappingWarning)
+    own = (QCWarning, MappingWarning, IdentityWarning)
     with warnings.catch_warnings(record=True) as caught:
         for category in own:  # always recorded, whatever the caller's filters
             warnings.simplefilter("always", category)

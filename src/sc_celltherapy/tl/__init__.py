@@ -2,7 +2,7 @@
 
 from ._cluster import cluster
 from ._compare import LotComparison, compare_lots
-from ._identity import identity_score
+from ._identity import IdentityWarning, identity_score
 from ._map import MappingWarning, map_to_reference
 from ._purity import PurityReport, assess_purity
 
@@ -11,6 +11,7 @@ __all__ = [
     "map_to_reference",
     "MappingWarning",
     "identity_score",
+    "IdentityWarning",
     "assess_purity",
     "PurityReport",
     "compare_lots",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -12,12 +13,18 @@ from .._logging import logger, timed
 from .._utils import uns_safe
 from .._validate import InputError, MissingKeyError, check_counts
 from . import _panels
+from ._lineage_gate import gate_settings, lineage_gate
 
 TARGET, UNASSIGNED, OTHER = "target", "unassigned", "other reference labels"
 AMBIGUOUS = "ambiguous"
 RESIDUAL_PLURIPOTENT = "residual pluripotent"
 MARKER_METHOD = "marker panels (within-cell rank enrichment, no reference)"
 REFERENCE_METHOD = "reference"
+
+
+class IdentityWarning(UserWarning):
+    """Something about the lot limits what the identity call can use (e.g. a profile's lineage
+    gate genes are not in the lot)."""
 
 
 def identity_score(
@@ -145,13 +152,16 @@ def identity_score(
             for i in contest
         }
         pluri_score, pluripotent, pluri_genes = _panels.pluripotency(table)
-        ambiguity_level = None
+        ambiguity_level, spans = None, {}
         if mapped:
-            score, classes, ambiguity_level = _from_reference(adata, reference_key, identities)
+            score, classes, ambiguity_level, spans = _from_reference(
+                adata, reference_key, identities
+            )
             method = REFERENCE_METHOD
         else:
             score, classes = _from_markers(panels, contest, p, min_z=min_z, margin=margin)
             method = MARKER_METHOD
+        classes, gate_record = _apply_gate(adata, identities, classes, spans, layer, key_added)
     classes = np.where(pluripotent, pluri_name, classes)
 
     records = _records(identities, coverage, mapped=mapped, pluri_genes=pluri_genes)
@@ -211,6 +221,7 @@ def identity_score(
                     "out-of-reference threshold"
                 ),
                 "ambiguity_level": ambiguity_level,
+                "lineage_gate": gate_record,
                 "residual_pluripotent": (
                     "pluripotency detector: median within-cell percentile of "
                     f"{list(_panels.PLURIPOTENCY_PANEL)} (genes found: at least "
@@ -405,46 +416,86 @@ def _from_reference(adata, reference_key, identities) -> tuple[np.ndarray, np.nd
     score = np.clip(target_prob * in_reference, 0, 1)
     names = np.array([i.get("name_in_class", i["name"]) for i in scored], dtype=object)
     classes = names[by_identity.argmax(axis=1)]
-    ambiguous, level = ambiguous_cells(adata, reference_key, scored)
+    ambiguous, level, spans = ambiguous_cells(adata, reference_key, scored)
     classes = np.where(ambiguous, AMBIGUOUS, classes)
     unassigned = adata.obs[f"{reference_key}_unassigned"].to_numpy(dtype=bool)
-    return score, np.where(unassigned, UNASSIGNED, classes), level
+    return score, np.where(unassigned, UNASSIGNED, classes), level, spans
 
 
-def ambiguous_cells(adata, reference_key, identities) -> tuple[np.ndarray, str]:
+def ambiguous_cells(adata, reference_key, identities) -> tuple[np.ndarray, str, dict]:
     """Cells whose conformal label set spans identities a spec treats differently (the target
     and an impurity, or two impurity classes): argmax would split them, so they are counted
     apart. The coarse sets decide when every identity is made of whole coarse labels (a
     T-cell target is not ambiguous between two T-cell states), the fine sets otherwise.
-    Returns the mask and the level used."""
+    Returns the mask, the level used and, per identity name, the cells whose set reaches it."""
     rec = adata.uns[reference_key]
     labels = list(rec["labels"])
-    bucket = {}
+    bucket, kind = {}, {}
     for ident in identities:
+        kind[ident["name"]] = ident["class"]
         for lab in ident["reference_labels"]:
-            bucket[lab] = ident["class"]
+            bucket[lab] = ident["name"]
     coarse = [str(c) for c in rec.get("coarse_labels", [])]  # an array after an h5ad round trip
     set_key = f"{reference_key}_set"
     if set_key not in adata.obsm:  # mapped before label sets existed
-        return np.zeros(adata.n_obs, dtype=bool), "none"
+        return np.zeros(adata.n_obs, dtype=bool), "none", {}
     whole = len(coarse) == len(labels) and f"{set_key}_coarse" in adata.obsm
+    by_coarse: dict[str, set] = {}
     if whole:
-        by_coarse: dict[str, set] = {}
         for lab, c in zip(labels, coarse, strict=True):
             by_coarse.setdefault(c, set()).add(bucket.get(lab))
-        whole = all(len(b) == 1 for b in by_coarse.values())
-    if whole:
-        columns = list(rec["coarse_set_labels"])
+        whole = all(len({kind.get(n) for n in b}) == 1 for b in by_coarse.values())
+    if whole:  # a coarse column reaches every identity among its fine labels
         sets = np.asarray(adata.obsm[f"{set_key}_coarse"], dtype=bool)
-        classes = [next(iter(by_coarse[c])) for c in columns]
+        reaches = [by_coarse[c] for c in rec["coarse_set_labels"]]
         level = "coarse"
     else:
         sets = np.asarray(adata.obsm[set_key], dtype=bool)
-        classes = [bucket.get(lab) for lab in labels]
+        reaches = [{bucket.get(lab)} for lab in labels]
         level = "fine"
-    onehot = {c: np.array([k == c for k in classes]) for c in set(classes)}
-    n_classes = sum((sets & m).any(axis=1).astype(int) for m in onehot.values())
-    return n_classes > 1, level
+    spans = {
+        name: sets[:, [name in r for r in reaches]].any(axis=1)
+        for name in kind
+        if any(name in r for r in reaches)
+    }
+    reached = {
+        c: np.any([m for name, m in spans.items() if kind[name] == c], axis=0)
+        for c in {kind[name] for name in spans}
+    }
+    n_classes = sum((m.astype(int) for m in reached.values()), np.zeros(adata.n_obs, dtype=int))
+    return n_classes > 1, level, spans
+
+
+def _apply_gate(adata, identities, classes, spans, layer, key_added):
+    """The target's lineage gate (:mod:`~sc_celltherapy.tl._lineage_gate`), when the profile's
+    target has one: cells classed as an identity it rescues, or ambiguous between such
+    identities and the target only, become target when they pass. Returns the classes and
+    the gate's record (``None`` without a gate)."""
+    gate = identities[0].get("lineage_gate")
+    if not gate:
+        return classes, None
+    settings = gate_settings(gate)
+    passed, record = lineage_gate(adata, gate, layer=layer)
+    if not record["genes_found"]:
+        msg = (
+            f"None of the lineage gate genes {settings['genes']} is in the lot, so the "
+            f"target's gate rescues no cell classed {settings['rescues']}. Give the full count "
+            "matrix with gene symbols."
+        )
+        warnings.warn(msg, IdentityWarning, stacklevel=3)
+    allowed = {identities[0]["name"], *settings["rescues"]}
+    classes = np.asarray(classes, dtype=object)
+    eligible = np.isin(classes, settings["rescues"])
+    if spans:
+        outside = np.any([m for name, m in spans.items() if name not in allowed], axis=0)
+        eligible |= (classes == AMBIGUOUS) & ~np.asarray(outside, dtype=bool)
+    rescued = eligible & passed
+    record["n_rescued"] = int(rescued.sum())
+    record["rescued_from"] = {
+        str(c): int(n) for c, n in pd.Series(classes[rescued]).value_counts().items()
+    }
+    adata.obs[f"{key_added}_lineage_gate"] = passed
+    return np.where(rescued, TARGET, classes), record
 
 
 def _from_markers(
