@@ -71,6 +71,11 @@ def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
     assert reliability["label_sets"]["alpha"] == 0.1
     assert set(reliability["per_donor"]) == {"half 1", "half 2"}
     assert r["mapping"]["set_levels"] == {"fine": 224, "coarse": 510, "mixed": 0}
+    # the profile's CD3 gate is recorded with its effect: in this unsorted product no cell
+    # called NK carries T-lineage transcripts beyond ambient
+    gate = r["identity"]["rules"]["lineage_gate"]
+    assert gate["genes_found"] == ["CD3D", "CD3E", "CD3G", "TRAC"] and gate["n_rescued"] == 0
+    assert "id='lineage-gate'" in (out / "report.html").read_text()
     # every judged criterion carries its interval, limit and verdict
     target = r["criteria"][0]
     assert target["criterion"] == "target" and target["limit"] == 0.8
