@@ -12,6 +12,7 @@ from sc_celltherapy.atlas._calibration import (
     expected_calibration_error,
     fit_across_donors,
     prediction_sets,
+    reliability_bins,
 )
 
 K = 6
@@ -53,6 +54,21 @@ def test_cross_donor_calibration_holds_on_a_new_donor_where_one_group_does_not()
     assert cal["worst_donor"] == "d0" and cal["ece_worst_donor"] > 0.1
     assert cal["ece_mean_donor"] < cal["ece_worst_donor"]
     assert set(cal["per_donor"]) == {f"d{i}" for i in range(6)}
+    # the reliability diagram the report draws is made of the ECE's own terms
+    for r in cal["per_donor"].values():
+        bins = r["reliability"]
+        n = np.asarray(bins["n_cells"])
+        gap = np.abs(np.asarray(bins["confidence"]) - np.asarray(bins["accuracy"]))
+        assert n.sum() == r["n_cells"]
+        assert float((n * gap).sum() / n.sum()) == pytest.approx(r["ece"], abs=1e-12)
+    # before calibration the odd donor's diagram lies near the diagonal, an over-confident
+    # donor's below it
+    def weighted_gap(bins):
+        n = np.asarray(bins["n_cells"])
+        return float((n * (np.asarray(bins["confidence"]) - bins["accuracy"])).sum() / n.sum())
+
+    assert abs(weighted_gap(reliability_bins(*donors[0]))) < 0.03
+    assert weighted_gap(reliability_bins(*donors[4])) > 0.15
 
 
 def test_label_sets_cover_new_donors_at_their_level():

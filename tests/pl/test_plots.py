@@ -66,3 +66,21 @@ def test_identity_and_composition_plots(tmp_path):
     assert any(np.allclose(line.get_xdata(), 0.05) for line in impurity_ax.lines)
     texts = {t.get_text() for t in impurity_ax.texts}
     assert report.impurities.loc["off_target", "verdict"] in texts
+
+
+def test_reliability_plot_draws_the_bundles_held_out_donors(mapped_product, tmp_path):
+    lot = sct.datasets.toy_product(n_cells=100, seed=0)
+    with pytest.raises(sct.InputError, match="map_to_reference"):
+        sct.pl.reliability(lot)
+    fig = sct.pl.reliability(mapped_product, save=tmp_path / "reliability.png")
+    assert (tmp_path / "reliability.png").stat().st_size > 10_000
+    cal = mapped_product.uns["sct_ref"]["calibration"]
+    diagram, coverage = fig.axes[0], fig.axes[1]
+    # one line per held-out donor (the demo bundle's one batch: two random halves) plus the
+    # diagonal, drawn at the bundle's own bins; one coverage bar per donor
+    assert len(diagram.lines) == 1 + len(cal["per_donor"]) == 3
+    for line, r in zip(diagram.lines[1:], cal["per_donor"].values(), strict=True):
+        np.testing.assert_allclose(line.get_xdata(), r["reliability"]["confidence"])
+    sets = mapped_product.uns["sct_ref"]["label_sets"]
+    heights = [p.get_height() for p in coverage.patches]
+    np.testing.assert_allclose(heights, list(sets["coverage_per_donor"].values()))

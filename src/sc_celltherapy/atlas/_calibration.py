@@ -124,6 +124,22 @@ def calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BIN
     return float(ece)
 
 
+def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> dict:
+    """The reliability diagram of the top label: per non-empty equal-width confidence bin, its
+    lower edge, the mean confidence, the accuracy and the number of cells (the ECE's terms)."""
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    edges = np.linspace(0, 1, n_bins + 1)
+    out: dict[str, list] = {"bin_low": [], "confidence": [], "accuracy": [], "n_cells": []}
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            out["bin_low"].append(float(lo))
+            out["confidence"].append(float(conf[sel].mean()))
+            out["accuracy"].append(float(correct[sel].mean()))
+            out["n_cells"].append(int(sel.sum()))
+    return out
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
     """Top-label ECE of a probability matrix against integer labels ``y``."""
     return calibration_error(probs.max(axis=1), probs.argmax(axis=1) == y, n_bins=n_bins)
@@ -219,6 +235,7 @@ def fit_across_donors(
             "ece": expected_calibration_error(held[donors == d], y[donors == d]),
             "ece_uncalibrated": expected_calibration_error(probs[donors == d], y[donors == d]),
             "accuracy": float(np.mean(held[donors == d].argmax(axis=1) == y[donors == d])),
+            "reliability": reliability_bins(held[donors == d], y[donors == d]),
         }
         for d in names
     }

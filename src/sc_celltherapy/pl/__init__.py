@@ -4,5 +4,6 @@ from ._clusters import clusters
 from ._compare import compare_lots
 from ._identity import composition, identity
 from ._qc import qc
+from ._reliability import reliability
 
-__all__ = ["qc", "clusters", "identity", "composition", "compare_lots"]
+__all__ = ["qc", "clusters", "identity", "composition", "compare_lots", "reliability"]

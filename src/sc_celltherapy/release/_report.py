@@ -184,6 +184,10 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
             ("cells out of the reference (unassigned)", mapping["n_unassigned"]),
         ]
     reliability_html = "" if ref is None else _reliability_table(ref["calibration"])
+    if "reliability" in figures:
+        reliability_html += _img(
+            figures["reliability"], "reliability diagram and label-set coverage per held-out donor"
+        )
     provenance = [
         ("lot id", results["lot_id"]),
         ("product", results["product"]),

@@ -287,6 +287,8 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
             ),
             "composition": _png(pl.composition(adata)),
         }
+        if not marker_only:
+            figures["reliability"] = _png(pl.reliability(adata))
     return results, adata, figures, timings
 
 

@@ -173,6 +173,11 @@ def map_to_reference(
                 "ece_worst_donor": calibration["ece_worst_donor"],
                 "ece_mean_donor": calibration["ece_mean_donor"],
                 "worst_donor": calibration["worst_donor"],
+                # the bundle's reliability diagram per held-out donor (sct.pl.reliability)
+                "per_donor": {
+                    d: {k: r[k] for k in ("n_cells", "ece", "reliability") if k in r}
+                    for d, r in calibration["per_donor"].items()
+                },
             },
             "label_sets": {
                 "method": calibration["conformal"]["method"],
