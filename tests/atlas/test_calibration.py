@@ -61,6 +61,7 @@ def test_cross_donor_calibration_holds_on_a_new_donor_where_one_group_does_not()
         gap = np.abs(np.asarray(bins["confidence"]) - np.asarray(bins["accuracy"]))
         assert n.sum() == r["n_cells"]
         assert float((n * gap).sum() / n.sum()) == pytest.approx(r["ece"], abs=1e-12)
+
     # before calibration the odd donor's diagram lies near the diagonal, an over-confident
     # donor's below it
     def weighted_gap(bins):

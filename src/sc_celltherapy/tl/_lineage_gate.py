@@ -42,7 +42,9 @@ def gate_settings(gate: Mapping) -> dict:
     }
 
 
-def lineage_gate(adata: AnnData, gate: Mapping, *, layer: str | None = None) -> tuple[np.ndarray, dict]:
+def lineage_gate(
+    adata: AnnData, gate: Mapping, *, layer: str | None = None
+) -> tuple[np.ndarray, dict]:
     """Cells whose gate-gene counts pass the gate, and a record of how it was applied.
 
     The record holds the settings, the genes found and missing in the lot, the lot's gate share
