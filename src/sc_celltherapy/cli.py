@@ -313,8 +313,7 @@ def _cmd_release(args: argparse.Namespace) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
-    from . import io, release, tl
-    from .release._preflight import resolve_profile
+    from . import io, release
 
     _check_out_file(args.out)
     spec_arg, product = _spec_and_product(args)
@@ -323,17 +322,8 @@ def _cmd_score(args: argparse.Namespace) -> None:
         if spec_arg is not None
         else release.Spec.from_profile(product)
     )
-    profile = resolve_profile(product, spec)
     adata = io.read(args.input)
-    if "sct_ref" not in adata.uns and profile is None:
-        msg = (
-            f"{args.input} is not mapped and no product profile was given: run "
-            "`sc-celltherapy map` first, or pass --product (a shipped name or your profile "
-            "YAML) to call identities from its marker panels."
-        )
-        raise InputError(msg)
-    tl.identity_score(adata, target=list(spec.target), profile=profile)
-    report = tl.assess_purity(adata, spec)
+    report = release.score(adata, spec, product=product)
     adata.write_h5ad(args.out)
     if args.report_json is not None:
         args.report_json.write_text(report.to_json() + "\n")

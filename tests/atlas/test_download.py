@@ -611,3 +611,12 @@ def test_build_from_manifest_pbmc_demo(tmp_path):
     assert manifest["n_cells"]["total"] == 700 and manifest["species"] == "human"
     assert manifest["model"]["n_latent"] == 10 and manifest["model"]["max_epochs"] == 2
     assert manifest["labels_key"] == "cell_type" and manifest["seed"] == 0
+
+
+def test_cached_bundles_are_ordered_by_version_not_by_text(tmp_path):
+    from sc_celltherapy.atlas._registry import newest_first
+
+    for v in ("1.9", "1.10", "1.2", "notaversion"):
+        (tmp_path / f"conde2022_immune-{v}").mkdir()
+    names = [p.name for p in newest_first(tmp_path.glob("conde2022_immune-*"), "conde2022_immune")]
+    assert names == ["conde2022_immune-1.10", "conde2022_immune-1.9", "conde2022_immune-1.2"]

@@ -203,3 +203,41 @@ def test_demo_release(demo_release):
     planted_t = (lot.obs["planted_identity"] == "T cells").mean()
     assert abs(target["fraction"] - planted_t) < 0.05
     assert r["spec"]["example"] is True
+
+
+def test_score_and_release_judge_the_same_classes(small_lot, demo_bundle, tmp_path):
+    """One resolution of spec + profile + reference: a spec whose target lists reference labels
+    (CD8 T cells of the PBMC reference, not the profile's target name) gets the same classes
+    and the same target count from `release` and from `score` on the released, mapped lot."""
+    import dataclasses
+
+    path, _ = small_lot
+    spec = dataclasses.replace(
+        sct.release.Spec.from_profile("car_t_demo"),
+        target=("CD8+ Cytotoxic T", "CD8+/CD45RA+ Naive Cytotoxic"),
+        min_target_fraction=0.05,
+        transgene_features=(),
+    )
+    spec_path = tmp_path / "cd8.yaml"
+    spec.to_yaml(spec_path)
+    out = tmp_path / "cd8"
+    args = [path, "--spec", spec_path, "--reference", demo_bundle.path]
+    assert _release([*args, "--lot-id", "S1", "--operator", "tester"], out) == 0
+    released = ad.read_h5ad(out / "lot.h5ad")
+    scored_path = tmp_path / "scored.h5ad"
+    assert (
+        main(["score", str(out / "lot.h5ad"), "--spec", str(spec_path), "--out", str(scored_path)])
+        == 0
+    )
+    scored = ad.read_h5ad(scored_path)
+    classes = released.obs["sct_identity_class"].astype(str)
+    assert (classes == scored.obs["sct_identity_class"].astype(str)).all()
+    r = json.loads((out / "results.json").read_text())
+    # measured: the CD8 labels' cells are target, the other T labels "other reference labels"
+    n_target = int((classes == "target").sum())
+    assert r["criteria"][0]["n"] == n_target == 40
+    assert released.uns["sct_identity"]["target"] == list(spec.target)
+    # the library call resolves the same way
+    lot = released.copy()
+    report = sct.release.score(lot, spec)
+    assert report.target.n == n_target

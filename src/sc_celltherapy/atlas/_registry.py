@@ -44,9 +44,9 @@ def load(name_or_path: str | os.PathLike | ReferenceBundle) -> ReferenceBundle:
     name = str(name_or_path)
     if name == DEMO_NAME:
         return _demo_bundle()
-    cached = sorted(bundles_dir().glob(f"{name}-*")) if bundles_dir().exists() else []
+    cached = newest_first(bundles_dir().glob(f"{name}-*"), name) if bundles_dir().exists() else []
     if cached:
-        return verify(cached[-1])
+        return verify(cached[0])
     table = list_bundles()
     built = table.query("kind == 'bundle'")["name"].tolist()
     atlases = sorted(set(table.query("kind == 'atlas'")["name"]) - {DEMO_NAME})
@@ -97,3 +97,17 @@ def list_bundles() -> pd.DataFrame:
     # one frame from records: pandas warns when concatenating empty or all-NA frames
     rows += list_manifests()[columns].to_dict("records")
     return pd.DataFrame(rows, columns=columns)
+
+
+def newest_first(paths, name: str) -> list[Path]:
+    """Cached bundle directories ``<name>-<version>``, highest version first (by PEP 440, so
+    1.10 comes after 1.9); directories whose suffix is no version are left out."""
+    from packaging.version import InvalidVersion, Version
+
+    found = []
+    for path in paths:
+        try:
+            found.append((Version(path.name[len(name) + 1 :]), path))
+        except InvalidVersion:
+            continue
+    return [path for _, path in sorted(found, reverse=True)]

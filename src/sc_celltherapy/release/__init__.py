@@ -2,6 +2,7 @@
 
 from ._audit import AuditError, AuditLog, verify_audit
 from ._run import Release, ReleaseExistsError, compare_results, run
+from ._score import score
 from ._spec import IMPURITY_CLASSES, Spec, SpecError
 from ._summary import summarize
 
@@ -10,6 +11,7 @@ __all__ = [
     "SpecError",
     "IMPURITY_CLASSES",
     "run",
+    "score",
     "Release",
     "ReleaseExistsError",
     "compare_results",

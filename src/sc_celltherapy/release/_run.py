@@ -38,6 +38,7 @@ from ._results import (
     hardware,
     spec_digest,
 )
+from ._score import identities
 from ._spec import Spec
 
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
@@ -268,7 +269,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
             n_unassigned=ref["n_unassigned"],
         )
     with step("identity", "identity score and class of each cell"):
-        tl.identity_score(adata, target=list(inputs.spec.target), profile=inputs.profile)
+        identities(adata, inputs.spec, inputs.profile)
     audit("identity", classes=_counts(adata.obs["sct_identity_class"]))
     with step("purity", "purity against the spec"):
         report = tl.assess_purity(adata, inputs.spec)

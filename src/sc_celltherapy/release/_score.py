@@ -1,0 +1,39 @@
+"""Identity and purity of a lot against a spec, resolved one way for every caller: the spec's
+target and the product profile decide the identities, whether the library, ``score``,
+``release`` or a Snakemake rule asks."""
+
+from __future__ import annotations
+
+from anndata import AnnData
+
+from .. import tl
+from .._validate import InputError
+from ._preflight import resolve_profile
+from ._spec import Spec
+
+
+def identities(adata: AnnData, spec: Spec, profile: dict | None) -> None:
+    """Classify the lot's cells for ``spec``: its target (the profile's target name or
+    reference labels) against the profile's identities (``profile`` as
+    :func:`~sc_celltherapy.release._preflight.resolve_profile` gives it)."""
+    tl.identity_score(adata, target=list(spec.target), profile=profile)
+
+
+def score(adata: AnnData, spec: Spec, *, product: str | None = None) -> tl.PurityReport:
+    """Identity and purity of a lot (mapped, or QC'd for marker panels) against ``spec``.
+
+    ``product`` is a shipped profile name or a profile YAML; ``None`` uses the spec's product
+    when it is a shipped profile. The same resolution as :func:`sc_celltherapy.release.run`,
+    so the two judge the same classes.
+    """
+    profile = resolve_profile(product, spec)
+    if "sct_ref" not in adata.uns and profile is None:
+        msg = (
+            f"The lot is not mapped and spec product {spec.product!r} is no shipped profile: "
+            "map it first (sct.tl.map_to_reference, `sc-celltherapy map`), or give a product "
+            "profile (product=, --product: a shipped name or your profile YAML) to call "
+            "identities from its marker panels."
+        )
+        raise InputError(msg)
+    identities(adata, spec, profile)
+    return tl.assess_purity(adata, spec)
