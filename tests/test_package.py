@@ -77,3 +77,42 @@ def test_settings_validate():
         sct.settings.accelerator = "tpu"
     with pytest.raises(ValueError, match="verbosity"):
         sct.settings.verbosity = "loud"
+
+
+def _lint_imports(src_root, cwd):
+    """Run import-linter's layers contract (pyproject.toml) on the package under ``src_root``."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "lint-imports"
+    exe = str(exe) if exe.exists() else shutil.which("lint-imports")
+    env = {**os.environ, "PYTHONPATH": str(src_root)}
+    return subprocess.run(
+        [exe, "--config", str(cwd / "pyproject.toml"), "--no-cache"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_layers_hold_and_a_violation_breaks_them(tmp_path):
+    """io -> pp/atlas/datasets -> tl -> pl -> release -> cli: the contract holds on the package,
+    and the same contract fails on a copy where tl imports the release layer."""
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    kept = _lint_imports(repo / "src", repo)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "1 kept, 0 broken" in kept.stdout
+
+    shutil.copytree(repo / "src" / "sc_celltherapy", tmp_path / "src" / "sc_celltherapy")
+    shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
+    purity = tmp_path / "src" / "sc_celltherapy" / "tl" / "_purity.py"
+    purity.write_text(purity.read_text() + "\nfrom ..release import Release  # noqa\n")
+    broken = _lint_imports(tmp_path / "src", tmp_path)
+    assert broken.returncode != 0
+    assert "sc_celltherapy.tl._purity -> sc_celltherapy.release" in broken.stdout

@@ -5,16 +5,10 @@ reference mapping. Importing the package is light: torch and scvi-tools load onl
 function needs them.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import atlas, datasets, io, pl, pp, release, tl, validation
 from ._settings import settings
 from ._validate import InputError
-
-try:
-    __version__ = version("sc-celltherapy")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 __all__ = [
     "pp",

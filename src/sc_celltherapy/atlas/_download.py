@@ -86,7 +86,7 @@ def _write_lock(dest: Path, lock: dict) -> None:
 def _urlopen(url: str):
     import urllib.request
 
-    from .. import __version__
+    from .._version import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"sc-celltherapy/{__version__}"})
     return urllib.request.urlopen(

@@ -1,9 +1,9 @@
 """Release of a lot: the spec it is judged against, the run that judges it, its report and audit."""
 
+from .._spec import IMPURITY_CLASSES, Spec, SpecError
 from ._audit import AuditError, AuditLog, verify_audit
 from ._run import Release, ReleaseExistsError, compare_results, run
 from ._score import score
-from ._spec import IMPURITY_CLASSES, Spec, SpecError
 from ._summary import summarize
 
 __all__ = [

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._spec import Spec, SpecError
 from .._validate import InputError
 from ..io import file_sha256
-from ._spec import Spec, SpecError
 
 # --reference none: identity from the profile's marker panels alone
 NO_REFERENCE = "none"

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._spec import Spec
 from .._utils import plain
-from ._spec import Spec
 
 RESULTS_SCHEMA = "sc_celltherapy.release.results/1"
 # fields that differ between two runs of the same inputs by nature; all under this key
@@ -32,7 +32,7 @@ def spec_digest(spec: Spec) -> str:
 def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap) -> dict:
     """results.json of a release, without its per-run key (``inputs``: the resolved inputs of
     :func:`~sc_celltherapy.release.run`)."""
-    from .. import __version__
+    from .._version import __version__
 
     qc = adata.uns["sct_qc"]
     purity = report.to_dict()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._logging import logger
+from .._spec import Spec
 from .._utils import plain
 from ..io import file_sha256
 from ..pp._qc import QCWarning
@@ -39,7 +40,6 @@ from ._results import (
     spec_digest,
 )
 from ._score import identities
-from ._spec import Spec
 
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
 STEPS = ("read", "qc", "map", "identity", "purity", "cluster", "report", "write")

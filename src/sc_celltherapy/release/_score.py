@@ -7,9 +7,9 @@ from __future__ import annotations
 from anndata import AnnData
 
 from .. import tl
+from .._spec import Spec
 from .._validate import InputError
 from ._preflight import resolve_profile
-from ._spec import Spec
 
 
 def identities(adata: AnnData, spec: Spec, profile: dict | None) -> None:

@@ -13,9 +13,9 @@ from anndata import AnnData
 
 from .. import _stats
 from .._logging import logger
+from .._spec import DETECTION_RULE, Spec
 from .._utils import plain, uns_safe
 from .._validate import InputError, MissingKeyError, check_counts, gene_columns, get_matrix
-from ..release._spec import DETECTION_RULE, Spec
 from . import _cell_cycle
 from ._identity import AMBIGUOUS, TARGET, UNASSIGNED, identity_records, impurity_classes
 from ._panels import MIN_PANEL_GENES as _PLURI_MIN_GENES

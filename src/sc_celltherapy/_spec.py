@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._validate import InputError
+from ._validate import InputError
 
 # Impurity classes a spec may limit. Fractions are of cells passing QC, except doublets and
 # low_quality, which are fractions of all barcodes called cells (before QC removed them).
@@ -301,7 +301,7 @@ class Spec:
     @classmethod
     def from_profile(cls, profile: str | Mapping) -> Spec:
         """The example spec of a product profile (marked as an example, not a limit)."""
-        from ..atlas import load_profile, validate
+        from .atlas import load_profile, validate
 
         p = (
             load_profile(profile)
