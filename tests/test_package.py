@@ -116,3 +116,43 @@ def test_layers_hold_and_a_violation_breaks_them(tmp_path):
     broken = _lint_imports(tmp_path / "src", tmp_path)
     assert broken.returncode != 0
     assert "sc_celltherapy.tl._purity -> sc_celltherapy.release" in broken.stdout
+
+
+# Private imports across subpackages that remain (issue 19, open): the release preflight checks
+# a lot with tl's own identity and gene rules before any heavy work. A new one fails the test;
+# one removed must leave this list too.
+KNOWN_PRIVATE_IMPORTS = {
+    ("release._preflight", "atlas._manifests"),
+    ("release._preflight", "tl._identity"),
+    ("release._preflight", "tl._map"),
+    ("release._preflight", "tl._panels"),
+    ("release._preflight", "tl._purity"),
+    ("release._results", "tl._identity"),
+}
+
+
+def private_imports(src) -> set[tuple[str, str]]:
+    """(importer, imported) for every import of another subpackage's private module."""
+    import ast
+
+    found = set()
+    for path in src.rglob("*.py"):
+        parts = path.relative_to(src).with_suffix("").parts
+        package = parts[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level == 0 or not node.module:
+                continue
+            base = package[: len(package) - (node.level - 1)]
+            target = (*base, *node.module.split("."))
+            if len(target) >= 2 and target[0] != parts[0] and target[-1].startswith("_"):
+                found.add((".".join(parts), ".".join(target)))
+    return found
+
+
+def test_no_new_private_imports_across_subpackages():
+    from pathlib import Path
+
+    src = Path(sct.__file__).resolve().parent
+    found = private_imports(src)
+    assert found - KNOWN_PRIVATE_IMPORTS == set(), "import the subpackage's public name instead"
+    assert KNOWN_PRIVATE_IMPORTS - found == set(), "remove the fixed pair from the list"

@@ -247,9 +247,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     import tempfile
 
     from . import datasets, release
-    from .release._preflight import check_out_dir
 
-    check_out_dir(args.out.absolute())
+    release.check_out_dir(args.out.absolute())
     lot = datasets.pbmc_demo_lot(seed=args.seed)
     print(
         f"Demo lot: {lot.n_obs} cells generated from real PBMCs ({lot.uns['sct_dataset']['source']})"

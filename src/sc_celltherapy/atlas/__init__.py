@@ -1,11 +1,12 @@
 """Reference atlases: locked, hash-verified scANVI bundles, and the manifests that describe them."""
 
-from ._bundle import build
+from ._bundle import UNLABELED, build
 from ._calibration import calibrate, coarse_probs, prediction_sets
 from ._download import FetchError, HashMismatchError, fetch
 from ._manifests import ManifestError, list_manifests, load_manifest, load_profile, validate
 from ._novelty import combine as combine_oor
 from ._novelty import expression_excess, local_outlier_ratio
+from ._query import QueryResult, query_bundle
 from ._recipe import build_from_manifest
 from ._registry import list_bundles as list  # noqa: A001  (sct.atlas.list(), as the issue names it)
 from ._registry import load
@@ -33,4 +34,7 @@ __all__ = [
     "combine_oor",
     "expression_excess",
     "local_outlier_ratio",
+    "query_bundle",
+    "QueryResult",
+    "UNLABELED",
 ]

@@ -130,7 +130,7 @@ def composition(
     if key not in adata.uns:
         msg = f"adata.uns has no {key!r}: run sct.tl.assess_purity(adata, spec) first."
         raise MissingKeyError(msg)
-    from ..tl._purity import PurityReport
+    from ..tl import PurityReport
 
     report = PurityReport.from_dict(adata.uns[key])
     rows = report.to_frame().iloc[::-1]

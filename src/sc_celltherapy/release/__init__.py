@@ -2,6 +2,7 @@
 
 from .._spec import IMPURITY_CLASSES, Spec, SpecError
 from ._audit import AuditError, AuditLog, verify_audit
+from ._preflight import check_out_dir
 from ._run import Release, ReleaseExistsError, compare_results, run
 from ._score import score
 from ._summary import summarize
@@ -19,4 +20,5 @@ __all__ = [
     "AuditError",
     "verify_audit",
     "summarize",
+    "check_out_dir",
 ]

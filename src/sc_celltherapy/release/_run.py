@@ -27,9 +27,8 @@ from .._logging import logger
 from .._spec import Spec
 from .._utils import plain
 from ..io import file_sha256
-from ..pp._qc import QCWarning
-from ..tl._identity import IdentityWarning
-from ..tl._map import MappingWarning
+from ..pp import QCWarning
+from ..tl import IdentityWarning, MappingWarning
 from ._audit import AUDIT_FILE, AuditLog
 from ._preflight import ReleaseExistsError, ResolvedInputs, preflight, preflight_again
 from ._results import (

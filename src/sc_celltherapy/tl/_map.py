@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._logging import logger, timed
+from .._logging import logger
 from .._utils import uns_safe
 from .._validate import InputError, check_lot, get_matrix
 from ..io import guess_species
@@ -82,15 +82,14 @@ def map_to_reference(
     reference cells) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap,
     calibration and label-set reliability per donor, settings, seed, whether surgery trained).
     """
-    from ..atlas import calibrate, combine_oor, expression_excess, load, local_outlier_ratio
-    from ..atlas import prediction_sets as conformal_sets
-    from ..atlas._bundle import UNLABELED
-    from ..atlas._model import (
-        accelerator,
-        map_query,
-        predict_probs,
-        surgery_batch_size,
-        surgery_epochs,
+    from ..atlas import (
+        UNLABELED,
+        calibrate,
+        combine_oor,
+        expression_excess,
+        load,
+        prediction_sets,
+        query_bundle,
     )
 
     check_lot(adata, layer=layer, batch_key=batch_key)
@@ -103,40 +102,19 @@ def map_to_reference(
 
     query = _query_anndata(adata, layer, query_cols, ref_genes, manifest, batch_key, UNLABELED)
     new_batches = _new_batches(query, manifest)
-    n_members = len(bundle.member_dirs)
-    epochs = max_epochs if max_epochs is not None else surgery_epochs(adata.n_obs, n_members)
-    batch_size = surgery_batch_size(adata.n_obs)
     labels = list(manifest["labels"])
     oor = manifest["oor"]
-    ref_latent, _, spacing = bundle.reference_latent()
-    member_probs, member_ratios = [], []
-    with timed(f"mapping {adata.n_obs} cells onto {bundle.name} ({n_members} member(s))"):
-        for i, model_dir in enumerate(bundle.member_dirs):
-            member_query = query.copy()  # surgery prepares and registers its query in place
-            model = map_query(
-                member_query,
-                str(model_dir),
-                train=bool(new_batches),
-                max_epochs=epochs,
-                batch_size=batch_size,
-                seed=seed + i,
-            )
-            member_latent = model.get_latent_representation(member_query)
-            if i == 0:  # the latent written out: one model's space, for neighbours and UMAPs
-                latent = member_latent
-            member_probs.append(predict_probs(model, member_query, labels))
-            member_ratios.append(
-                local_outlier_ratio(ref_latent[i], member_latent, spacing[i], k=oor["k"])
-            )
-        calibration = manifest["calibration"]
-        probs = calibrate(np.mean(member_probs, axis=0), calibration)
-        sets = conformal_sets(probs, calibration["conformal"])
-        best = probs.argmax(axis=1)
-        components = {
-            "latent": np.mean(member_ratios, axis=0),
-            "expression": _expression_excess(adata, layer, bundle, expression_excess),
-        }
-        score = combine_oor(components, oor["scales"])
+    mapped = query_bundle(bundle, query, train=bool(new_batches), max_epochs=max_epochs, seed=seed)
+    calibration = manifest["calibration"]
+    probs = calibrate(mapped.probs, calibration)
+    sets = prediction_sets(probs, calibration["conformal"])
+    best = probs.argmax(axis=1)
+    components = {
+        "latent": mapped.latent_ratio,
+        "expression": _expression_excess(adata, layer, bundle, expression_excess),
+    }
+    score = combine_oor(components, oor["scales"])
+    latent = mapped.latent
 
     # each component in units of its held-out 99% quantile: about 1 or below inside the
     # reference for every bundle; the threshold stays a decision, recorded in uns
@@ -189,17 +167,17 @@ def map_to_reference(
             },
             "oor_method": oor["method"],
             "oor_scales": oor["scales"],
-            "n_members": n_members,
+            "n_members": len(bundle.member_dirs),
             "oor_threshold": oor["threshold"],
             "oor_quantile": oor["quantile"],
             "oor_fpr_bound": oor["fpr_bound"],
             "surgery_trained": bool(new_batches),
             "new_batches": new_batches,
-            "max_epochs": epochs if new_batches else 0,
-            "batch_size": batch_size if new_batches else 0,
+            "max_epochs": mapped.epochs,
+            "batch_size": mapped.batch_size,
             "batch_key": batch_key,
             "seed": seed,
-            "accelerator": accelerator(),
+            "accelerator": mapped.accelerator,
             "n_unassigned": int(unassigned.sum()),
             "composition": _composition_check(probs, manifest.get("composition")),
         }
