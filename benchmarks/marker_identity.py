@@ -188,7 +188,8 @@ def calls_table(pops) -> tuple[list[dict], dict]:
 
 def sweep(scored) -> list[dict]:
     """Re-decide every scored population at other thresholds from its stored panel scores."""
-    from sc_celltherapy.tl._identity import _from_markers, identity_records
+    from sc_celltherapy.tl._identities import identity_records
+    from sc_celltherapy.tl._identity import _from_markers
     from sc_celltherapy.tl._panels import PanelScore, detected_fraction
 
     out = []

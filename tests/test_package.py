@@ -123,11 +123,11 @@ def test_layers_hold_and_a_violation_breaks_them(tmp_path):
 # one removed must leave this list too.
 KNOWN_PRIVATE_IMPORTS = {
     ("release._preflight", "atlas._manifests"),
-    ("release._preflight", "tl._identity"),
+    ("release._preflight", "tl._identities"),
     ("release._preflight", "tl._map"),
     ("release._preflight", "tl._panels"),
     ("release._preflight", "tl._purity"),
-    ("release._results", "tl._identity"),
+    ("release._results", "tl._identities"),
 }
 
 

@@ -10,7 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 import sc_celltherapy as sct
-from sc_celltherapy.tl._identity import MARKER_METHOD, identity_records
+from sc_celltherapy.tl._identities import identity_records
+from sc_celltherapy.tl._identity import MARKER_METHOD
 from sc_celltherapy.tl._panels import within_cell_percentiles
 
 PROFILES = ("car_t_demo", "ipsc_nk_t_car", "da_progenitor", "msc", "hepatocyte_like")

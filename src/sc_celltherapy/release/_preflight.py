@@ -106,7 +106,7 @@ def preflight(
 def _check_identities(adata, profile: dict | None, spec: Spec, bundle) -> None:
     """The spec names only identities the profile and reference know; without a reference the
     target's marker panel must be in the lot."""
-    from ..tl._identity import (
+    from ..tl._identities import (
         RESIDUAL_PLURIPOTENT,
         UNASSIGNED,
         check_target_coverage,

@@ -114,7 +114,7 @@ def identity_record(info: Mapping, bundle) -> dict[str, Any]:
     """How identities were called, stated first in results.json and the report: the method,
     the rules and thresholds, and per identity the panel genes used, missing and whether it was
     assessed."""
-    from ..tl._identity import identity_records
+    from ..tl._identities import identity_records
 
     if bundle is None:
         statement = (

@@ -17,7 +17,7 @@ from .._spec import DETECTION_RULE, Spec
 from .._utils import plain, uns_safe
 from .._validate import InputError, MissingKeyError, check_counts, gene_columns, get_matrix
 from . import _cell_cycle
-from ._identity import AMBIGUOUS, TARGET, UNASSIGNED, identity_records, impurity_classes
+from ._identities import AMBIGUOUS, TARGET, UNASSIGNED, identity_records, impurity_classes
 from ._panels import MIN_PANEL_GENES as _PLURI_MIN_GENES
 
 LEVEL = 0.95
