@@ -26,8 +26,6 @@ class Settings:
     ----------
     verbosity
         Level name of the ``sc_celltherapy`` logger (``"warning"``, ``"info"``, ``"debug"``).
-    seed
-        Default random seed for every stochastic step.
     accelerator
         ``"auto"`` uses a GPU when one is present, ``"cpu"`` never does, ``"gpu"`` requires one.
     cache_dir
@@ -35,7 +33,6 @@ class Settings:
     """
 
     _verbosity: str = "warning"
-    seed: int = 0
     _accelerator: str = "auto"
     cache_dir: Path = field(default_factory=_default_cache_dir)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from ._cli_atlas import add_atlas_commands
 from ._cli_summaries import cluster_summary, map_summary, qc_summary, release_summary
 from ._logging import logger
+from ._settings import settings
 from ._validate import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     if args.verbose:
-        logger.setLevel("INFO")
+        settings.verbosity = "info"  # the one switch, so scvi-tools' progress follows it too
     # Warnings from the library are for a person reading a terminal: one line each.
     warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
     try:
