@@ -80,7 +80,15 @@ def mapped_product(cart_product_qc, demo_bundle):
     return adata
 
 
+# Fixtures that train or load scVI models (the embedded bundle takes about two minutes to build
+# on two cores) or run whole releases: a test that uses one is slow, whatever its marker says.
+SLOW_FIXTURES = {"demo_bundle", "mapped_product", "cart_releases", "t_cell_bundle"}
+
+
 def pytest_collection_modifyitems(config, items):
+    """Skip GPU tests without a CUDA device. Mark every test that needs a trained model or
+    runs Snakemake as ``slow``, so that ``pytest -m "not slow"`` is the inner loop (unit tests,
+    marker panels, statistics, I/O)."""
     import importlib.util
 
     has_cuda = False
@@ -92,17 +100,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
-
-
-# Fixtures that train or load scVI models (the embedded bundle takes about two minutes to build
-# on two cores) or run whole releases: a test that uses one is slow, whatever its marker says.
-SLOW_FIXTURES = {"demo_bundle", "mapped_product", "cart_releases", "t_cell_bundle"}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Mark every test that needs a trained model or runs Snakemake as ``slow``, so that
-    ``pytest -m "not slow"`` is the inner loop (unit tests, marker panels, statistics, I/O)."""
-    for item in items:
         uses = set(getattr(item, "fixturenames", ()))
         if uses & SLOW_FIXTURES or "workflows" in item.path.parts:
             item.add_marker(pytest.mark.slow)
