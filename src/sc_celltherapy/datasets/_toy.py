@@ -7,6 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._markers import PLURIPOTENCY_PANEL
 from .._validate import InputError
 
 # Marker programmes of the populations the generator can plant (published markers, see
@@ -54,19 +55,7 @@ POPULATIONS: dict[str, list[str]] = {
         "AIF1",
     ],
     "B cell": ["CD79A", "CD79B", "MS4A1", "CD19", "PAX5", "BANK1"],
-    # the generator's own truth, not imported from the detector it is used to test
-    "pluripotent": [
-        "POU5F1",
-        "NANOG",
-        "LIN28A",
-        "DPPA4",
-        "TDGF1",
-        "ZFP42",
-        "L1TD1",
-        "DNMT3B",
-        "PRDM14",
-        "ESRG",
-    ],
+    "pluripotent": list(PLURIPOTENCY_PANEL),
     "endothelial": ["PECAM1", "CDH5", "VWF", "KDR", "EMCN", "TIE1"],
     "erythroid": ["HBB", "HBA1", "HBA2", "ALAS2", "GYPA"],
 }

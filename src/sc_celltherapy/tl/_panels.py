@@ -29,23 +29,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._markers import PLURIPOTENCY_PANEL  # noqa: F401  (tl's detector reads it here)
 from .._validate import gene_columns, get_matrix
 
-# Residual undifferentiated cells (PRODUCT.md): the panel release labs use for hPSC products.
-# The detector always uses this panel, whatever a product profile lists, so that the residual
-# pluripotent fraction of a lot never depends on the profile chosen.
-PLURIPOTENCY_PANEL = (
-    "POU5F1",
-    "NANOG",
-    "LIN28A",
-    "DPPA4",
-    "TDGF1",
-    "ZFP42",
-    "L1TD1",
-    "DNMT3B",
-    "PRDM14",
-    "ESRG",
-)
 # A cell is called pluripotent when half or more of the panel sits in the top quarter of its
 # expressed genes: in pluripotent cells these are among the most abundant transcripts, while
 # differentiating progeny keep them at 10-100x lower levels (mid-ranked) or lose them (0).

@@ -1,0 +1,17 @@
+"""Marker genes the whole package agrees on, below every layer that uses them."""
+
+# Residual undifferentiated cells (PRODUCT.md): the panel release labs use for hPSC products.
+# The detector always uses this panel, whatever a product profile lists, so that the residual
+# pluripotent fraction of a lot never depends on the profile chosen.
+PLURIPOTENCY_PANEL = (
+    "POU5F1",
+    "NANOG",
+    "LIN28A",
+    "DPPA4",
+    "TDGF1",
+    "ZFP42",
+    "L1TD1",
+    "DNMT3B",
+    "PRDM14",
+    "ESRG",
+)
