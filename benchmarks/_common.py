@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,25 +20,10 @@ def shared_data() -> Path:
 
 
 def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": {
-            p: version(p)
-            for p in (
-                "sc-celltherapy",
-                "scanpy",
-                "anndata",
-                "numpy",
-                "scipy",
-                "scikit-learn",
-                "scvi-tools",
-                "torch",
-            )
-        },
-    }
+    """The machine and versions, as results.json records them (one definition)."""
+    from sc_celltherapy._provenance import hardware, versions
+
+    return {**hardware(), "versions": versions()}
 
 
 def resample_thinned(X, n_cells: int, seed: int, keep: float = 0.8):
@@ -56,8 +39,9 @@ def resample_thinned(X, n_cells: int, seed: int, keep: float = 0.8):
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process's address space (VmHWM, Linux). Unlike ru_maxrss,
-    which Linux carries over exec from the parent, it counts this program alone."""
+    """Peak resident memory of this process's address space (VmHWM, Linux), the definition
+    results.json uses (``sc_celltherapy._provenance.peak_memory_mb``). Written out here because
+    the CellTypist child runs in a venv without sc_celltherapy."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024

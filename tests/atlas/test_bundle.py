@@ -24,7 +24,7 @@ def test_demo_bundle_contents(demo_bundle):
     m = demo_bundle.manifest
     assert m["name"] == "pbmc_demo" and len(m["genes"]) == 765
     assert sum(m["labels"].values()) == 700 and len(m["labels"]) == 10
-    assert set(m["versions"]) >= {"sc-celltherapy", "scvi-tools", "torch"}
+    assert set(m["versions"]) >= {"sc_celltherapy", "scvi-tools", "torch"}
     cal = m["calibration"]
     # one reference batch: calibration is within-donor only, and the bundle says so; the
     # held-out cells still go through surgery, as every lot does

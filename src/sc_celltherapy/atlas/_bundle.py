@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from anndata import AnnData
 
 from .._hvg import seurat_v3_hvg
 from .._logging import timed
+from .._provenance import versions
 from .._validate import InputError, check_counts, check_obs_key, get_matrix
 from ..io import guess_species
 from . import _model
@@ -249,7 +249,7 @@ def build(
         "calibration": calibration,
         "oor": oor,
         "seed": seed,
-        "versions": _versions(),
+        "versions": versions(),
     }
     levels = {
         "genes": np.asarray(adata.var_names[lineage], dtype=str),
@@ -463,7 +463,3 @@ def _label_markers(ref: AnnData, labels_key: str, n: int = 10) -> dict[str, list
     sc.tl.rank_genes_groups(tmp, labels_key, method="wilcoxon", n_genes=n)
     names = tmp.uns["rank_genes_groups"]["names"]
     return {lab: [str(g) for g in names[lab]] for lab in names.dtype.names}
-
-
-def _versions() -> dict[str, str]:
-    return {p: version(p) for p in ("sc-celltherapy", "scvi-tools", "torch", "anndata", "scanpy")}

@@ -8,12 +8,11 @@ between runs by nature goes under :data:`PER_RUN_KEY`.
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._provenance import versions
 from .._spec import Spec
 from .._utils import plain
 
@@ -32,8 +31,6 @@ def spec_digest(spec: Spec) -> str:
 def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap) -> dict:
     """results.json of a release, without its per-run key (``inputs``: the resolved inputs of
     :func:`~sc_celltherapy.release.run`)."""
-    from .._version import __version__
-
     qc = adata.uns["sct_qc"]
     purity = report.to_dict()
     target = {**purity["target"], "denominator": "assessed", "kind": "min"}
@@ -105,7 +102,7 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
         },
         "seed": seed,
         "settings": {"batch_key": batch_key, "min_gene_overlap": min_gene_overlap},
-        "versions": versions(__version__),
+        "versions": versions(),
     }
     return plain(results)
 
@@ -192,35 +189,6 @@ def _mapping_record(adata) -> dict[str, Any] | None:
         if "sct_ref_set_level" in adata.obs
         else None,
     }
-
-
-def versions(own: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"sc_celltherapy": own, "python": platform.python_version()}
-    for dist in ("scanpy", "anndata", "scvi-tools", "torch", "numpy", "scipy", "scikit-learn"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
-def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        info["cuda"] = torch.cuda.is_available()
-        if info["cuda"]:
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        info["cuda"] = False
-    return info
 
 
 def compare_results(first: Mapping, second: Mapping) -> dict[str, Any]:

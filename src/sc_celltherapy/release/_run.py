@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._logging import logger
+from .._provenance import hardware, peak_memory_mb
 from .._spec import Spec
 from .._utils import plain
 from ..io import file_sha256
@@ -35,7 +35,6 @@ from ._results import (
     PER_RUN_KEY,
     build_results,
     compare_results,
-    hardware,
     spec_digest,
 )
 from ._score import identities
@@ -309,7 +308,6 @@ def _counts(values) -> dict[str, int]:
 
 
 def _run_record(run_id, operator, started, inputs: ResolvedInputs, timings, rerun) -> dict:
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return plain(
         {
             "run_id": run_id,
@@ -321,7 +319,7 @@ def _run_record(run_id, operator, started, inputs: ResolvedInputs, timings, reru
             "reference_path": None if inputs.bundle is None else str(inputs.bundle.path),
             "out_dir": str(inputs.out_dir),
             "timings_s": timings,
-            "peak_memory_mb": round(peak_kb / 1024, 1),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
             "hardware": hardware(),
             "rerun": rerun,
         }
