@@ -18,9 +18,15 @@ if not logger.handlers:
 
 
 @contextmanager
-def timed(step: str) -> Iterator[None]:
-    """Log ``step`` at start and a ``finished`` line with the elapsed seconds."""
+def timed(step: str, *, record: dict | None = None, key: str | None = None) -> Iterator[None]:
+    """Log ``step`` at start and a ``finished`` line with the elapsed seconds; with ``record``,
+    also store them (rounded to ms) as ``record[key]`` (the release's per-step timings)."""
     start = time.perf_counter()
     logger.info("%s ...", step)
-    yield
-    logger.info("finished %s (%.2fs)", step, time.perf_counter() - start)
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        if record is not None:
+            record[key or step] = round(elapsed, 3)
+    logger.info("finished %s (%.2fs)", step, elapsed)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._logging import logger
+from .._logging import logger, timed
 from .._provenance import hardware, peak_memory_mb
 from .._spec import Spec
 from .._utils import plain
@@ -219,7 +219,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
 
     def step(name: str, what: str):
         say(f"[{STEPS.index(name) + 1}/{n_steps}] {what}")
-        return _Timer(timings, name)
+        return timed(what, record=timings, key=name)
 
     step(
         "read",
@@ -289,18 +289,6 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         if not marker_only:
             figures["reliability"] = _png(pl.reliability(adata))
     return results, adata, figures, timings
-
-
-class _Timer:
-    def __init__(self, timings: dict, name: str) -> None:
-        self.timings, self.name = timings, name
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.timings[self.name] = round(time.perf_counter() - self.start, 3)
 
 
 def _counts(values) -> dict[str, int]:
