@@ -7,24 +7,19 @@ of detection (the smallest fraction seen at least once with probability 1 - alph
 
 from __future__ import annotations
 
-import math
-
-from scipy.stats import norm
+from scipy.stats import binomtest
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 
 
 def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Two-sided Wilson score interval of the fraction ``k / n``."""
+    """Two-sided Wilson score interval of the fraction ``k / n`` (scipy's ``binomtest``)."""
     if n <= 0:
         return 0.0, 1.0
-    z = norm.ppf(0.5 + level / 2)
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
     p = k / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    # exact at k = 0 and k = n in theory; in floating point centre + half can fall just below 1
-    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
+    # exact at k = 0 and k = n in theory; in floating point a bound can fall just past p
+    return min(p, max(0.0, ci.low)), max(p, min(1.0, ci.high))
 
 
 def detection_limit(n: int, level: float = 0.95) -> float:
