@@ -56,6 +56,7 @@ def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
     ]
     r = json.loads((out / "results.json").read_text())
     assert r["schema"] == RESULTS_SCHEMA and r["lot_id"] == "P02-M0"
+    sct.release.validate_results(r)  # the shipped JSON Schema holds
     assert r["inputs"]["sha256"] == sct.io.file_sha256(cart_product_path)
     assert r["inputs"]["n_barcodes"] == 1099
     assert r["reference"]["sha256"] == demo_bundle.sha256
@@ -241,3 +242,20 @@ def test_score_and_release_judge_the_same_classes(small_lot, demo_bundle, tmp_pa
     lot = released.copy()
     report = sct.release.score(lot, spec)
     assert report.target.n == n_target
+
+
+def test_results_schema_rejects_what_a_reader_could_not_trust():
+    """The shipped schema is not a formality: a verdict outside PASS/FAIL/INCONCLUSIVE, a
+    fraction above 1 or a missing per-run record each fail it, naming the field."""
+    import jsonschema
+
+    schema = json.loads(sct.release._results.RESULTS_SCHEMA_FILE.read_text())
+    assert schema["$id"] == RESULTS_SCHEMA
+    row = {"n": 3, "fraction": 0.1, "ci_low": 0.02, "ci_high": 0.26, "limit": 0.2}
+    row |= {"verdict": "PASS", "cells_needed": None}
+    validator = jsonschema.Draft202012Validator({"$ref": "#/$defs/row", "$defs": schema["$defs"]})
+    assert validator.is_valid(row)
+    assert not validator.is_valid(row | {"verdict": "OK"})
+    assert not validator.is_valid(row | {"fraction": 1.5})
+    with pytest.raises(jsonschema.ValidationError, match="'run' is a required property"):
+        sct.release.validate_results({k: None for k in schema["required"] if k != "run"})

@@ -3,6 +3,7 @@
 from .._spec import IMPURITY_CLASSES, Spec, SpecError
 from ._audit import AuditError, AuditLog, verify_audit
 from ._preflight import check_out_dir
+from ._results import validate_results
 from ._run import Release, ReleaseExistsError, compare_results, run
 from ._score import score
 from ._summary import summarize
@@ -21,4 +22,5 @@ __all__ = [
     "verify_audit",
     "summarize",
     "check_out_dir",
+    "validate_results",
 ]

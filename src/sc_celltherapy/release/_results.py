@@ -17,6 +17,8 @@ from .._spec import Spec
 from .._utils import plain
 
 RESULTS_SCHEMA = "sc_celltherapy.release.results/1"
+# its JSON Schema, shipped beside this module; "$id" is RESULTS_SCHEMA
+RESULTS_SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 # fields that differ between two runs of the same inputs by nature; all under this key
 PER_RUN_KEY = "run"
 
@@ -200,3 +202,12 @@ def compare_results(first: Mapping, second: Mapping) -> dict[str, Any]:
         if json.dumps(first.get(k), sort_keys=True) != json.dumps(second.get(k), sort_keys=True)
     )
     return {"agrees": not differences, "differences": differences}
+
+
+def validate_results(results: Mapping) -> None:
+    """Check a results.json (as a dict) against its shipped JSON Schema
+    (:data:`RESULTS_SCHEMA_FILE`); raises ``jsonschema.ValidationError`` naming the field."""
+    import jsonschema
+
+    schema = json.loads(RESULTS_SCHEMA_FILE.read_text())
+    jsonschema.validate(dict(results), schema)
