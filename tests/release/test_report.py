@@ -57,7 +57,10 @@ def test_report_renders_offline_with_verdict_table(browser, demo_release, tmp_pa
     order = page.evaluate(
         "() => [...document.querySelectorAll('#verdict-table, img')].map(e => e.tagName)"
     )
-    assert order[0] == "TABLE" and order.count("IMG") == 3
+    # QC, identity, composition and the reference's per-donor reliability
+    assert order[0] == "TABLE" and order.count("IMG") == 4
+    alts = page.evaluate("() => [...document.images].map(i => i.alt)")
+    assert "reliability diagram and label-set coverage per held-out donor" in alts
     # every image decoded from the page itself
     widths = page.evaluate("() => [...document.images].map(i => i.naturalWidth)")
     assert all(w > 100 for w in widths)
