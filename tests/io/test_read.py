@@ -155,6 +155,21 @@ def test_nan_values(tmp_path):
         sct.io.read(_h5ad(tmp_path, X))
 
 
+def test_infinite_count_refused(tmp_path):
+    X = np.array([[1, np.inf, 0], [3, 0, 1]], dtype=np.float32)
+    with pytest.raises(NotCountsError, match="1 NaN or infinite values"):
+        sct.io.read(_h5ad(tmp_path, X))
+
+
+def test_one_stray_non_integer_among_millions_is_found(tmp_path):
+    """Every value is checked, not a sample: one 16.5 among 3 million integer counts."""
+    X = sp.random(20_000, 3_000, density=0.05, format="csr", random_state=0, dtype=np.float32)
+    X.data = np.round(X.data * 20) + 1
+    X.data[2_500_001] += 0.5
+    with pytest.raises(NotCountsError, match=r"1 non-integer value\(s\) among 3000000"):
+        sct.io.read(_h5ad(tmp_path, X))
+
+
 def test_log_normalised_values_named(tmp_path):
     X = np.log1p(np.random.default_rng(0).poisson(2, (20, 10))).astype(np.float32)
     with pytest.raises(NotCountsError, match="looks log-normalised"):
