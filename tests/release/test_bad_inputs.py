@@ -169,3 +169,19 @@ def test_neither_spec_nor_product(release):
 def test_spec_transgene_missing_from_lot(release):
     # the example spec names the CAR feature CAT_scFv, which the PBMC lot does not have
     _expect_refusal(release(spec=None), "CAT_scFv")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--min-gene-overlap", "nan"], "min_gene_overlap must be a fraction in (0, 1]"),
+        (["--min-gene-overlap", "-1"], "min_gene_overlap must be a fraction in (0, 1]"),
+        (["--min-gene-overlap", "0"], "min_gene_overlap must be a fraction in (0, 1]"),
+        (["--min-gene-overlap", "1.5"], "min_gene_overlap must be a fraction in (0, 1]"),
+        (["--seed", "-1"], "seed must be a non-negative integer"),
+    ],
+)
+def test_options_that_would_disable_a_check_are_refused(release, extra, fragment):
+    """A gate of NaN or -1 would let a lot with no reference gene through; a negative seed
+    crashed numpy after the chain had started. Both are refused before anything is read."""
+    _expect_refusal(release(extra=extra), fragment)

@@ -42,13 +42,24 @@ class ResolvedInputs:
 
 
 def preflight(
-    input, *, out_dir, lot_id, operator, spec, product, reference, batch_key, min_gene_overlap
+    input,
+    *,
+    out_dir,
+    lot_id,
+    operator,
+    spec,
+    product,
+    reference,
+    batch_key,
+    min_gene_overlap,
+    seed=0,
 ) -> ResolvedInputs:
     from .. import atlas, io
     from .._validate import check_obs_key
     from ..tl._map import check_genes
     from ..tl._purity import check_marker_gates, check_transgene_features
 
+    check_options(seed=seed, min_gene_overlap=min_gene_overlap)
     out_dir = Path(out_dir).absolute()
     check_out_dir(out_dir)
     for name, value in (("lot_id", lot_id), ("operator", operator)):
@@ -140,6 +151,21 @@ def preflight_again(inputs: ResolvedInputs) -> ResolvedInputs:
     from .. import io
 
     return ResolvedInputs(**{**inputs.__dict__, "adata": io.read(inputs.input_path)})
+
+
+def check_options(*, seed, min_gene_overlap) -> None:
+    """Refuse option values that would disable a check or crash later: a seed that is not a
+    non-negative integer, a gene-overlap gate outside (0, 1] (NaN included)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        msg = f"seed must be a non-negative integer (it seeds numpy and torch), got {seed!r}."
+        raise InputError(msg)
+    ok = isinstance(min_gene_overlap, int | float) and not isinstance(min_gene_overlap, bool)
+    if not ok or not 0 < min_gene_overlap <= 1:  # NaN fails the comparison too
+        msg = (
+            f"min_gene_overlap must be a fraction in (0, 1], got {min_gene_overlap!r}: it is the "
+            "share of the reference's genes a lot must have to be mapped (default 0.5)."
+        )
+        raise InputError(msg)
 
 
 def check_out_dir(out_dir: Path) -> None:

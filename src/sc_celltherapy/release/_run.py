@@ -124,6 +124,7 @@ def run(
         reference=reference,
         batch_key=batch_key,
         min_gene_overlap=min_gene_overlap,
+        seed=seed,
     )
     run_id = uuid.uuid4().hex
     started = _now()
