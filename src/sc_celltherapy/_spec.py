@@ -147,14 +147,25 @@ class Spec:
 
     def __post_init__(self) -> None:
         # copies, so the caller's dicts and lists cannot change a frozen spec afterwards
-        target = (self.target,) if isinstance(self.target, str) else tuple(self.target)
-        object.__setattr__(self, "target", target)
-        object.__setattr__(self, "transgene_features", tuple(self.transgene_features))
-        object.__setattr__(self, "max_impurity", dict(self.max_impurity))
-        object.__setattr__(self, "max_identity_fraction", dict(self.max_identity_fraction))
-        object.__setattr__(self, "comparability_margin", dict(self.comparability_margin))
+        # a single name is one name, never its characters; None is "none given"
+        for key in ("target", "transgene_features"):
+            value = getattr(self, key)
+            value = () if value is None else (value,) if isinstance(value, str) else tuple(value)
+            object.__setattr__(self, key, value)
+        for key in ("max_impurity", "max_identity_fraction", "comparability_margin"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, Mapping):
+                msg = f"Spec.{key} must map names to fractions, got {value!r}."
+                raise SpecError(msg)
+            object.__setattr__(self, key, dict(value or {}))
+        if not isinstance(self.example, bool):
+            msg = (
+                f"Spec.example must be true or false, got {self.example!r} (a YAML string such "
+                "as 'no' in quotes is not false)."
+            )
+            raise SpecError(msg)
         for key in ("min_positive", "max_positive"):
-            gates = getattr(self, key)
+            gates = getattr(self, key) or {}
             if not isinstance(gates, Mapping):
                 raise SpecError(f"Spec.{key} must map gate names to gates, got {gates!r}.")
             source = f"Spec.{key}"
@@ -283,9 +294,15 @@ class Spec:
 
         source = "spec"
         text = text_or_path
-        if isinstance(text_or_path, os.PathLike) or (
-            isinstance(text_or_path, str) and "\n" not in text_or_path
-        ):
+        looks_like_path = (
+            isinstance(text_or_path, str)
+            and "\n" not in text_or_path
+            and (
+                Path(text_or_path).suffix.lower() in (".yaml", ".yml")
+                or Path(text_or_path).exists()
+            )
+        )
+        if isinstance(text_or_path, os.PathLike) or looks_like_path:
             path = Path(text_or_path)
             if not path.is_file():
                 msg = f"Spec file {path} does not exist. Give the path of a spec YAML file."

@@ -87,3 +87,19 @@ def test_malformed_yaml_refused(text, match):
 def test_missing_spec_file_refused(tmp_path):
     with pytest.raises(SpecError, match="does not exist"):
         Spec.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_single_names_none_and_yaml_strings_read_as_meant():
+    """A scalar transgene feature is one feature, not its characters; ``None`` limits are no
+    limits; a quoted 'no' is not false; one-line YAML text is text, not a path."""
+    spec = Spec(product="p", target="T cells", transgene_features="CAT_scFv", max_impurity=None)
+    assert spec.transgene_features == ("CAT_scFv",) and spec.target == ("T cells",)
+    assert spec.max_impurity == {}
+    with pytest.raises(SpecError, match="example must be true or false, got 'no'"):
+        Spec.from_yaml("product: p\ntarget: [T cells]\nexample: 'no'\n")
+    with pytest.raises(SpecError, match="max_impurity must map names to fractions"):
+        Spec(product="p", target="T cells", max_impurity=0.1)
+    one_line = Spec.from_yaml("{product: p, target: [T cells], min_target_fraction: 0.8}")
+    assert one_line.min_target_fraction == 0.8
+    with pytest.raises(SpecError, match="Spec file missing.yaml does not exist"):
+        Spec.from_yaml("missing.yaml")
