@@ -185,3 +185,35 @@ def test_options_that_would_disable_a_check_are_refused(release, extra, fragment
     """A gate of NaN or -1 would let a lot with no reference gene through; a negative seed
     crashed numpy after the chain had started. Both are refused before anything is read."""
     _expect_refusal(release(extra=extra), fragment)
+
+
+def test_dangling_link_at_out_is_refused_before_work(release, tmp_path):
+    out = tmp_path / "release"
+    out.symlink_to(tmp_path / "nowhere")
+    code, err, _ = release(out=out)
+    assert code == 2 and "symbolic link to nothing" in err
+    assert out.is_symlink() and not list(tmp_path.glob(".release.*"))
+
+
+def test_out_name_too_long_for_its_partial_sibling(release, tmp_path):
+    # 250 characters fit a file name (255) but not ".<name>.partial-xxxxxxxx"
+    _expect_refusal(release(out=tmp_path / ("L" * 250)), "File name too long")
+
+
+@pytest.mark.parametrize("where", ["missing_folder", "a_directory", "inside_a_release"])
+def test_bad_lab_audit_log_is_refused_before_work(release, tmp_path, where):
+    other = tmp_path / "old_release"
+    other.mkdir()
+    (other / "results.json").write_text("{}")
+    log = {
+        "missing_folder": tmp_path / "no" / "such" / "lab.jsonl",
+        "a_directory": tmp_path,
+        "inside_a_release": other / "lab.jsonl",
+    }[where]
+    fragment = {
+        "missing_folder": "does not exist",
+        "a_directory": "is a directory",
+        "inside_a_release": "lies inside the release directory",
+    }[where]
+    _expect_refusal(release(extra=["--audit-log", str(log)]), fragment)
+    assert not (other / "lab.jsonl").exists()

@@ -53,6 +53,7 @@ def preflight(
     batch_key,
     min_gene_overlap,
     seed=0,
+    audit_log=None,
 ) -> ResolvedInputs:
     from .. import atlas, io
     from .._validate import check_obs_key
@@ -62,6 +63,7 @@ def preflight(
     check_options(seed=seed, min_gene_overlap=min_gene_overlap)
     out_dir = Path(out_dir).absolute()
     check_out_dir(out_dir)
+    check_audit_log(audit_log, out_dir)
     for name, value in (("lot_id", lot_id), ("operator", operator)):
         if not isinstance(value, str) or not value.strip():
             raise InputError(
@@ -168,8 +170,41 @@ def check_options(*, seed, min_gene_overlap) -> None:
         raise InputError(msg)
 
 
+def check_audit_log(audit_log, out_dir: Path) -> None:
+    """A lab-wide audit log is a file (new or existing) in an existing directory, outside
+    this release and outside any other release directory."""
+    if audit_log is None:
+        return
+    path = Path(audit_log).absolute()
+    if path.is_dir():
+        msg = f"--audit-log {path} is a directory; give the path of the lab's log file."
+        raise InputError(msg)
+    if not path.parent.is_dir():
+        msg = (
+            f"--audit-log {path}: its folder {path.parent} does not exist. Create it first "
+            "(the lab log is appended to, never created with its folders)."
+        )
+        raise InputError(msg)
+    inside = [p for p in (path.parent, *path.parent.parents) if (p / "results.json").is_file()]
+    if out_dir in (path, *path.parents) or inside:
+        where = out_dir if out_dir in path.parents else inside[0]
+        msg = (
+            f"--audit-log {path} lies inside the release directory {where}; a release's own "
+            "audit.jsonl is written there. Keep the lab log outside every release."
+        )
+        raise InputError(msg)
+
+
 def check_out_dir(out_dir: Path) -> None:
-    """Refuse an existing release directory or a location that cannot be written."""
+    """Refuse an existing release directory (a dangling link included) or a location that
+    cannot be written, with the run's own temporary name (so a name too long for it is
+    refused here, not after the chain has run)."""
+    if os.path.islink(out_dir) and not out_dir.exists():
+        msg = (
+            f"{out_dir} is a symbolic link to nothing; a release is written as a new directory. "
+            "Remove the link or choose another --out."
+        )
+        raise ReleaseExistsError(msg)
     if out_dir.exists():
         msg = (
             f"Release directory {out_dir} exists; a release is never overwritten. Choose a new "
@@ -181,7 +216,7 @@ def check_out_dir(out_dir: Path) -> None:
         msg = f"Cannot write the release: {parent} is not an existing directory. Create it first."
         raise InputError(msg)
     try:  # the only honest test of writability (root ignores permission bits)
-        probe = tempfile.mkdtemp(prefix=f".{out_dir.name}.probe-", dir=parent)
+        probe = tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent)
         os.rmdir(probe)
     except OSError as err:
         msg = f"Cannot write in {parent} ({err.strerror or err}). Choose a writable --out location."

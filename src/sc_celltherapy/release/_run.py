@@ -125,6 +125,7 @@ def run(
         batch_key=batch_key,
         min_gene_overlap=min_gene_overlap,
         seed=seed,
+        audit_log=audit_log,
     )
     run_id = uuid.uuid4().hex
     started = _now()
