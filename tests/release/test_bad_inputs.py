@@ -205,6 +205,7 @@ def test_bad_lab_audit_log_is_refused_before_work(release, tmp_path, where):
     other = tmp_path / "old_release"
     other.mkdir()
     (other / "results.json").write_text("{}")
+    (other / "audit.jsonl").write_text("")
     log = {
         "missing_folder": tmp_path / "no" / "such" / "lab.jsonl",
         "a_directory": tmp_path,

@@ -185,7 +185,7 @@ def check_audit_log(audit_log, out_dir: Path) -> None:
             "(the lab log is appended to, never created with its folders)."
         )
         raise InputError(msg)
-    inside = [p for p in (path.parent, *path.parent.parents) if (p / "results.json").is_file()]
+    inside = [p for p in (path.parent, *path.parent.parents) if _is_release(p)]
     if out_dir in (path, *path.parents) or inside:
         where = out_dir if out_dir in path.parents else inside[0]
         msg = (
@@ -193,6 +193,10 @@ def check_audit_log(audit_log, out_dir: Path) -> None:
             "audit.jsonl is written there. Keep the lab log outside every release."
         )
         raise InputError(msg)
+
+
+def _is_release(folder: Path) -> bool:
+    return (folder / "results.json").is_file() and (folder / "audit.jsonl").is_file()
 
 
 def check_out_dir(out_dir: Path) -> None:
