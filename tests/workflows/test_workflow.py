@@ -127,3 +127,54 @@ def test_reference_none_plans_no_mapping():
     assert "rule map:" not in out and "rule map\n" not in out
     assert "--reference none" in out
     assert "steps/qc.h5ad --product car_t_demo" in out  # score of the QC'd lot
+
+
+SHEET_HEADER = (
+    "lot\tinput\trole\tbase\tn_cells\tseed\tspike\tfraction\tspike_markers\tspike_exclude\n"
+)
+GOOD_ROW = "L1\tlot.h5\tqualified\t\t\t\t\t\t\t\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragment"),
+    [
+        ("..\tlot.h5\tqualified\t\t\t\t\t\t\t\n", "does not match"),  # would leave results/
+        (GOOD_ROW + GOOD_ROW, "appear more than once"),
+        ("L2\t\tqualified\t\t\t\t\t\t\t\n", "is not valid under any of the given schemas"),
+        ("L3\t\tnew\tbase.h5ad\t100\t0\tspike.h5ad\tlots\t\t\n", "does not match"),
+    ],
+    ids=["dot-dot-lot", "duplicate-lot", "neither-input-nor-base", "non-numeric-fraction"],
+)
+def test_bad_sample_sheet_is_refused_at_start_up(tmp_path, rows, fragment):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(SHEET_HEADER + rows)
+    proc = _snakemake("--config", f"samples={sheet}", f"outdir={tmp_path / 'out'}", "-n")
+    assert proc.returncode != 0
+    assert fragment in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
+
+
+def test_unknown_sheet_column_is_refused(tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(SHEET_HEADER.replace("\n", "\tcomment\n") + GOOD_ROW.replace("\n", "\tx\n"))
+    proc = _snakemake("--config", f"samples={sheet}", f"outdir={tmp_path / 'out'}", "-n")
+    assert proc.returncode != 0
+    assert "Additional properties are not allowed ('comment' was unexpected)" in proc.stdout + (
+        proc.stderr
+    )
+
+
+def test_operator_with_an_apostrophe_is_quoted(tmp_path):
+    sheet = tmp_path / "samples.tsv"
+    (tmp_path / "lot.h5").write_text("")
+    sheet.write_text(SHEET_HEADER + GOOD_ROW.replace("lot.h5", str(tmp_path / "lot.h5")))
+    proc = _snakemake(
+        "--config",
+        f"samples={sheet}",
+        f"outdir={tmp_path / 'out'}",
+        "operator=D'Souza",
+        "-n",
+        "-p",
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    assert "--operator 'D'\"'\"'Souza'" in out  # shlex.quote: one shell word, apostrophe kept

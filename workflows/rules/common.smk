@@ -2,7 +2,7 @@
 
 
 wildcard_constraints:
-    lot="[A-Za-z0-9_.-]+",
+    lot="[A-Za-z0-9_][A-Za-z0-9_.-]*",
 
 
 def lot_input(wildcards):

@@ -10,7 +10,7 @@ rule release:
     params:
         spec=spec_args(),
         reference=config["reference"],
-        operator=config["operator"],
+        operator=shlex.quote(config["operator"]),
         seed=config["seed"],
     conda:
         "../envs/sc_celltherapy.yaml"
@@ -21,5 +21,5 @@ rule release:
         gpu=config["gpus_per_mapping"],
     shell:
         "sc-celltherapy release {input} {params.spec} --reference {params.reference}"
-        " --lot-id {wildcards.lot} --operator '{params.operator}' --seed {params.seed}"
+        " --lot-id {wildcards.lot} --operator {params.operator} --seed {params.seed}"
         " --out {output} > {log} 2>&1"
