@@ -6,7 +6,9 @@ Exit codes: 0 completed, 2 bad input or usage, 1 internal error.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from ._settings import settings
 from ._validate import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by a signal (128 + SIGINT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,8 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.verbosity = "info"  # the one switch, so scvi-tools' progress follows it too
     # Warnings from the library are for a person reading a terminal: one line each.
     warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
+    previous = _stop_on_sigterm()
     try:
         args.func(args)
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM from a scheduler (below)
+        # the release has already recorded "run failed" in the lab log and removed its partial
+        print(f"interrupted: {err or 'SIGINT'}; nothing was released", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (InputError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -194,7 +202,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.exception("internal error")
         print(f"internal error: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
+
+
+def _stop_on_sigterm():
+    """SIGTERM (what SLURM and Snakemake send before killing a job) raises KeyboardInterrupt,
+    so a release unwinds as on Ctrl-C: its failure is recorded and its partial directory goes.
+    Returns the previous handler (``None`` off the main thread, where none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _check_out_file(path: Path) -> None:

@@ -4,7 +4,8 @@ In the spirit of 21 CFR 11.10(e): every line records when (UTC), who (operator),
 and on what (sha256 of what was read and written). Each line carries ``prev``, the sha256 of the
 previous line's exact bytes, and ``hash``, the sha256 of its own content without that field, so
 an edited, removed or reordered line breaks the chain; a run's last line must be ``run
-finished`` or ``run failed``, so a log cut short is caught too. The chain proves integrity
+finished``, ``run failed`` or ``run interrupted`` (written by the next run on a log that a
+killed run left open), so a log cut short is caught too. The chain proves integrity
 against edits, not against someone who rewrites the whole file: for that, record the last
 line's hash (printed at the end of every release) in the lab's own system.
 """
@@ -24,7 +25,7 @@ from .._validate import InputError
 
 GENESIS = "0" * 64
 AUDIT_FILE = "audit.jsonl"
-FINAL_ACTIONS = ("run finished", "run failed")
+FINAL_ACTIONS = ("run finished", "run failed", "run interrupted")
 
 
 class AuditError(InputError):
@@ -51,20 +52,25 @@ class AuditLog:
             lines = self.path.read_text().splitlines()
             if lines:
                 self._prev, self._seq = _sha(lines[-1]), len(lines)
+            open_run = _open_run(lines)
+            if open_run is not None:  # a run killed without its last record (SIGKILL, power)
+                self.append("run interrupted", run_id=open_run, noted_by_run=run_id)
 
     def append(
         self,
         action: str,
         *,
+        run_id: str | None = None,
         read: Mapping[str, str] | None = None,
         wrote: Mapping[str, str] | None = None,
         **details: Any,
     ) -> str:
-        """Write one record; returns its line hash (the ``prev`` of the next line)."""
+        """Write one record (of this log's run, or of ``run_id``); returns its line hash (the
+        ``prev`` of the next line)."""
         record = {
             "seq": self._seq,
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-            "run_id": self.run_id,
+            "run_id": run_id or self.run_id,
             "operator": self.operator,
             "action": action,
             "read": dict(read or {}),
@@ -80,6 +86,20 @@ class AuditLog:
             os.fsync(fh.fileno())
         self._prev, self._seq = _sha(line), self._seq + 1
         return self._prev
+
+
+def _open_run(lines: list[str]) -> str | None:
+    """The run a log ends inside (its ``run started`` has no final record), if any."""
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            return None  # not ours to judge here; verify_audit names the bad line
+        if record.get("action") in FINAL_ACTIONS:
+            return None
+        if record.get("action") == "run started":
+            return record.get("run_id")
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,11 @@ def verify_audit(path: str | os.PathLike) -> AuditSummary:
             open_run = None
         prev = _sha(line)
     if open_run is not None:
-        msg = f"{path} ends inside run {open_run} (no 'run finished' or 'run failed'): records were removed from its end."
+        msg = (
+            f"{path} ends inside run {open_run} (no 'run finished', 'run failed' or 'run "
+            "interrupted'): the run is still going, was killed before it could write its last "
+            "record (the next run on this log records it as interrupted), or records were "
+            "removed from its end."
+        )
         raise AuditError(msg)
     return AuditSummary(str(path), len(lines), runs, prev)

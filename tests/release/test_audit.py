@@ -1,0 +1,95 @@
+"""The audit chain: a run killed without its last record is closed by the next run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sc_celltherapy.release import AuditError, AuditLog, verify_audit
+
+
+def test_a_killed_run_is_recorded_as_interrupted_by_the_next_run(tmp_path):
+    lab = tmp_path / "lab.jsonl"
+    first = AuditLog(lab, operator="a", run_id="run-1")
+    first.append("run started")
+    first.append("run finished")
+    killed = AuditLog(lab, operator="a", run_id="run-2")
+    killed.append("run started")
+    killed.append("qc")  # then SIGKILL: no final record
+    with pytest.raises(AuditError, match="was killed before it could write its last record"):
+        verify_audit(lab)
+
+    nxt = AuditLog(lab, operator="b", run_id="run-3")
+    nxt.append("run started")
+    nxt.append("run finished")
+    summary = verify_audit(lab)
+    assert summary.runs == ["run-1", "run-2", "run-3"] and summary.n_records == 7
+    records = [json.loads(line) for line in lab.read_text().splitlines()]
+    closing = records[4]
+    assert closing["action"] == "run interrupted" and closing["run_id"] == "run-2"
+    assert closing["operator"] == "b" and closing["details"] == {"noted_by_run": "run-3"}
+    # closing it once is enough: the next log on the file adds nothing for run-2
+    AuditLog(lab, operator="b", run_id="run-4")
+    assert verify_audit(lab).n_records == 7
+
+
+def test_editing_the_interrupted_record_breaks_the_chain(tmp_path):
+    lab = tmp_path / "lab.jsonl"
+    run = AuditLog(lab, operator="a", run_id="run-1")
+    run.append("run started")
+    AuditLog(lab, operator="b", run_id="run-2")  # closes run-1
+    lines = lab.read_text().splitlines()
+    lines[1] = lines[1].replace('"run interrupted"', '"run finished"')
+    lab.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AuditError, match="line 2 was edited"):
+        verify_audit(lab)
+
+
+@pytest.mark.parametrize(("sig", "step"), [("SIGTERM", "[2/8]"), ("SIGINT", "[3/8]")])
+def test_a_signalled_release_records_its_failure_and_leaves_nothing(
+    small_lot, demo_bundle, demo_spec, tmp_path, sig, step
+):
+    """What a scheduler does to a job over its time: SIGTERM during QC, Ctrl-C during mapping.
+    The lab log records the run as failed and still verifies, nothing is left beside --out,
+    and the next release on the same log succeeds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "sc-celltherapy")
+    lab = tmp_path / "lab.jsonl"
+
+    def command(out):
+        return [
+            exe, "release", str(small_lot[0]), "--spec", str(demo_spec),
+            "--reference", str(demo_bundle.path), "--lot-id", "K1", "--operator", "tester",
+            "--audit-log", str(lab), "--out", str(out),
+        ]  # fmt: skip
+
+    env = {**os.environ, "SCT_CACHE_DIR": str(demo_bundle.path.parent.parent)}
+    proc = subprocess.Popen(
+        command(tmp_path / "killed"), stderr=subprocess.PIPE, text=True, env=env
+    )
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith(step):
+            time.sleep(0.5)
+            proc.send_signal(getattr(signal, sig))
+            break
+    rest = proc.stderr.read()
+    code = proc.wait(timeout=300)
+    assert code != 0, "".join(seen) + rest
+    assert not (tmp_path / "killed").exists()
+    assert not list(tmp_path.glob(".killed.*")), "a partial directory was left"
+    records = [json.loads(x) for x in lab.read_text().splitlines()]
+    assert records[-1]["action"] == "run failed"
+    verify_audit(lab)
+
+    done = subprocess.run(command(tmp_path / "rerun"), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(verify_audit(lab).runs) == 2
