@@ -158,6 +158,13 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="check the hash chain of an audit.jsonl (exit 2 if broken)"
     )
     av.add_argument("log", type=Path)
+    av.add_argument(
+        "--expect",
+        default=None,
+        metavar="HASH",
+        help="the last hash the lab recorded (printed by every release): refuses a log re-sealed, "
+        "extended or cut since",
+    )
     av.set_defaults(func=_cmd_audit_verify)
 
     add_atlas_commands(sub)
@@ -439,7 +446,7 @@ def _cmd_summary(args: argparse.Namespace) -> None:
 def _cmd_audit_verify(args: argparse.Namespace) -> None:
     from .release import verify_audit
 
-    summary = verify_audit(args.log)
+    summary = verify_audit(args.log, expect_last=args.expect)
     print(
         f"OK {summary.path}: {summary.n_records} records, {len(summary.runs)} run(s), chain intact; "
         f"last hash {summary.last_hash}"

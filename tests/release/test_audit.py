@@ -93,3 +93,24 @@ def test_a_signalled_release_records_its_failure_and_leaves_nothing(
     done = subprocess.run(command(tmp_path / "rerun"), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(verify_audit(lab).runs) == 2
+
+
+def test_a_duplicate_key_and_an_unexpected_last_hash_are_refused(tmp_path):
+    lab = tmp_path / "lab.jsonl"
+    run = AuditLog(lab, operator="a", run_id="run-1")
+    run.append("run started")
+    last = run.append("run finished", verdict="PASS")
+    assert verify_audit(lab, expect_last=last).last_hash == last
+    # a whole run appended and chained correctly still passes the chain, not the pinned hash
+    forged = AuditLog(lab, operator="a", run_id="run-2")
+    forged.append("run started")
+    forged.append("run finished", verdict="PASS")
+    verify_audit(lab)
+    with pytest.raises(AuditError, match="not the expected"):
+        verify_audit(lab, expect_last=last)
+    # a line whose JSON says "verdict" twice reads differently to different parsers
+    lines = lab.read_text().splitlines()
+    lines[-1] = lines[-1].replace('"verdict":"PASS"', '"verdict":"PASS","verdict":"FAIL"')
+    lab.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AuditError, match=r"duplicate key\(s\) \['verdict'\]"):
+        verify_audit(lab)

@@ -259,3 +259,27 @@ def test_results_schema_rejects_what_a_reader_could_not_trust():
     assert not validator.is_valid(row | {"fraction": 1.5})
     with pytest.raises(jsonschema.ValidationError, match="'run' is a required property"):
         sct.release.validate_results({k: None for k in schema["required"] if k != "run"})
+
+
+def test_audit_verify_checks_a_release_directory_against_its_files(cart_releases, tmp_path):
+    """Re-sealing the chain is not enough: a release's own log holds one run and the hashes
+    of what it wrote, so a flipped verdict or an appended forged run is refused."""
+    from sc_celltherapy.release import AuditError, AuditLog
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(cart_releases[0], flipped)
+    verify_audit(flipped / "audit.jsonl")
+    r = json.loads((flipped / "results.json").read_text())
+    r["verdict"] = "FAIL" if r["verdict"] == "PASS" else "PASS"
+    (flipped / "results.json").write_text(json.dumps(r, indent=2))
+    with pytest.raises(AuditError, match="results.json does not match the hash"):
+        verify_audit(flipped / "audit.jsonl")
+    assert main(["audit", "verify", str(flipped / "audit.jsonl")]) == 2
+
+    appended = tmp_path / "appended"
+    shutil.copytree(cart_releases[0], appended)
+    forged = AuditLog(appended / "audit.jsonl", operator="mallory", run_id="forged")
+    forged.append("run started")
+    forged.append("run finished", verdict="PASS")
+    with pytest.raises(AuditError, match="holds 2 runs"):
+        verify_audit(appended / "audit.jsonl")

@@ -112,12 +112,27 @@ class AuditSummary:
     last_hash: str
 
 
-def verify_audit(path: str | os.PathLike) -> AuditSummary:
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"duplicate key(s) {repeated}")
+    return dict(pairs)
+
+
+def verify_audit(path: str | os.PathLike, *, expect_last: str | None = None) -> AuditSummary:
     """Check every line of an audit log; raise :class:`AuditError` naming the first bad line.
 
     Detects an edited line (its own hash no longer matches, or the next line's ``prev`` does
-    not), a removed or reordered line (``seq`` out of order, ``prev`` mismatch) and a log cut
-    short (a run whose last record is not ``run finished`` / ``run failed``).
+    not), a removed or reordered line (``seq`` out of order, ``prev`` mismatch), a line with a
+    repeated JSON key (two readers could see two values) and a log cut short (a run whose last
+    record is not final). ``expect_last``: the last line's hash as the lab recorded it at
+    release time; a log re-sealed after an edit, or extended or cut at a run boundary, no longer
+    ends with it. The log of a release directory (beside its results.json) must hold exactly
+    one run, and the files that run wrote must still have the hashes it recorded.
+
+    What the chain cannot show without ``expect_last`` (or a copy kept elsewhere): a log
+    rewritten whole, every hash recomputed.
     """
     path = Path(path)
     if not path.is_file():
@@ -130,9 +145,9 @@ def verify_audit(path: str | os.PathLike) -> AuditSummary:
     for i, line in enumerate(lines, start=1):
         where = f"{path}, line {i}"
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
             claimed = record.pop("hash")
-        except (json.JSONDecodeError, KeyError, AttributeError) as err:
+        except (ValueError, KeyError, AttributeError) as err:
             raise AuditError(
                 f"{where} is not an audit record ({err}): the log was edited."
             ) from err
@@ -163,4 +178,33 @@ def verify_audit(path: str | os.PathLike) -> AuditSummary:
             "removed from its end."
         )
         raise AuditError(msg)
+    if expect_last is not None and prev != expect_last:
+        msg = (
+            f"{path} ends with hash {prev}, not the expected {expect_last}: the log was "
+            "re-sealed, extended or cut after that hash was recorded."
+        )
+        raise AuditError(msg)
+    if (path.parent / "results.json").is_file():
+        _check_release_dir(path, runs, [json.loads(x) for x in lines])
     return AuditSummary(str(path), len(lines), runs, prev)
+
+
+def _check_release_dir(path: Path, runs: list[str], records: list[dict]) -> None:
+    """A release directory's own log: one run, and its written files unchanged."""
+    from ..io import file_sha256
+
+    if len(runs) != 1:
+        msg = (
+            f"{path} is a release's own log but holds {len(runs)} runs; a release directory "
+            "records exactly one (a forged run was appended, or logs were merged)."
+        )
+        raise AuditError(msg)
+    written = [r for r in records if r.get("action") == "outputs written"]
+    for name, digest in (written[-1]["wrote"] if written else {}).items():
+        target = path.parent / name
+        if not target.is_file() or file_sha256(target) != digest:
+            msg = (
+                f"{target} does not match the hash its release recorded ({digest}): the file was "
+                "changed or replaced after the release was written."
+            )
+            raise AuditError(msg)
