@@ -111,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     rel.add_argument(
         "--audit-log", type=Path, default=None, help="lab-wide audit log to append to as well"
     )
+    rel.add_argument(
+        "--sign-key",
+        type=Path,
+        default=None,
+        help="the lab's Ed25519 private key (audit keygen): every audit record is signed",
+    )
+    rel.add_argument(
+        "--reference-sha256",
+        default=None,
+        metavar="SHA256",
+        help="the qualified bundle's sha256 (results.json: reference.sha256); any other is refused",
+    )
     rel.set_defaults(func=_cmd_release)
 
     cmp_ = sub.add_parser(
@@ -165,7 +177,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the last hash the lab recorded (printed by every release): refuses a log re-sealed, "
         "extended or cut since",
     )
+    av.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        help="the lab's Ed25519 public key: every record must be signed by its private key",
+    )
     av.set_defaults(func=_cmd_audit_verify)
+    ak = acmds.add_parser("keygen", help="create the lab's Ed25519 signing key pair")
+    ak.add_argument("key", type=Path, help="private key file to create (KEY.pub: public key)")
+    ak.set_defaults(func=_cmd_audit_keygen)
 
     add_atlas_commands(sub)
     return parser
@@ -338,6 +359,8 @@ def _cmd_release(args: argparse.Namespace) -> None:
         min_gene_overlap=args.min_gene_overlap,
         verify_rerun=args.verify_rerun,
         audit_log=args.audit_log,
+        sign_key=args.sign_key,
+        reference_sha256=args.reference_sha256,
         progress=_progress,
     )
     print(release_summary(result))
@@ -446,10 +469,26 @@ def _cmd_summary(args: argparse.Namespace) -> None:
 def _cmd_audit_verify(args: argparse.Namespace) -> None:
     from .release import verify_audit
 
-    summary = verify_audit(args.log, expect_last=args.expect)
+    summary = verify_audit(args.log, expect_last=args.expect, public_key=args.public_key)
+    signed = (
+        f"every record signed by {args.public_key}"
+        if summary.signatures_checked
+        else f"{summary.n_signed} of {summary.n_records} records signed (not checked: no "
+        "--public-key)"
+    )
     print(
         f"OK {summary.path}: {summary.n_records} records, {len(summary.runs)} run(s), chain intact; "
-        f"last hash {summary.last_hash}"
+        f"{signed}; last hash {summary.last_hash}"
+    )
+
+
+def _cmd_audit_keygen(args: argparse.Namespace) -> None:
+    from .release import generate_key
+
+    private, public = generate_key(args.key)
+    print(
+        f"private key {private} (keep it on the release host, readable by the release account "
+        f"only); public key {public} (give it to whoever verifies releases)"
     )
 
 

@@ -114,3 +114,45 @@ def test_a_duplicate_key_and_an_unexpected_last_hash_are_refused(tmp_path):
     lab.write_text("\n".join(lines) + "\n")
     with pytest.raises(AuditError, match=r"duplicate key\(s\) \['verdict'\]"):
         verify_audit(lab)
+
+
+def test_signed_records_refuse_a_resealed_forgery(tmp_path):
+    """With the lab's key, every record is signed; a record rewritten and re-hashed, and every
+    later line re-chained, keeps an intact chain but fails the signature check."""
+    import hashlib
+
+    from sc_celltherapy.release import generate_key
+    from sc_celltherapy.release._audit import _canonical
+
+    private, public = generate_key(tmp_path / "lab.key")
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    from sc_celltherapy.release._signing import load_private_key
+
+    lab = tmp_path / "lab.jsonl"
+    run = AuditLog(lab, operator="a", run_id="run-1", signing_key=load_private_key(private))
+    run.append("run started")
+    run.append("purity", verdict="FAIL")
+    run.append("run finished", verdict="FAIL")
+    summary = verify_audit(lab, public_key=public)
+    assert summary.signatures_checked and summary.n_signed == 3
+
+    # the forger flips both verdicts, recomputes each hash and re-chains, keeping the old sigs
+    records = [json.loads(x) for x in lab.read_text().splitlines()]
+    prev, lines = "0" * 64, []
+    for r in records:
+        r["details"] = {k: "PASS" if v == "FAIL" else v for k, v in r["details"].items()}
+        r["prev"] = prev
+        body = {k: v for k, v in r.items() if k not in ("hash", "sig")}
+        r["hash"] = hashlib.sha256(_canonical(body).encode()).hexdigest()
+        line = _canonical(r)
+        lines.append(line)
+        prev = hashlib.sha256(line.encode()).hexdigest()
+    lab.write_text("\n".join(lines) + "\n")
+    verify_audit(lab)  # the chain alone cannot tell
+    with pytest.raises(AuditError, match="line 2 has a signature the key refuses"):
+        verify_audit(lab, public_key=public)
+    # and an unsigned log is refused when a key is given
+    plain = tmp_path / "plain.jsonl"
+    AuditLog(plain, operator="a", run_id="r").append("run started")
+    with pytest.raises(AuditError, match="line 1 carries no signature"):
+        verify_audit(plain, public_key=public)

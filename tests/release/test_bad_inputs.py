@@ -101,6 +101,26 @@ def test_tampered_bundle(release, demo_bundle, tmp_path):
     _expect_refusal(release(reference=tampered), latent.name)
 
 
+def test_resealed_bundle_is_refused_when_its_hash_is_pinned(release, demo_bundle, tmp_path):
+    """The attack the manifest digest cannot stop: bundle.json edited (a laxer out-of-reference
+    threshold) and its manifest_sha256 recomputed. The bundle verifies; the pinned hash does
+    not."""
+    import json
+
+    from sc_celltherapy import atlas
+    from sc_celltherapy.atlas._store import manifest_digest
+
+    resealed = tmp_path / "resealed"
+    shutil.copytree(demo_bundle.path, resealed)
+    manifest = json.loads((resealed / "bundle.json").read_text())
+    manifest["oor"]["threshold"] = 99.0
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (resealed / "bundle.json").write_text(json.dumps(manifest, indent=2))
+    assert atlas.load(resealed).manifest["oor"]["threshold"] == 99.0  # accepted on its own
+    pinned = ["--reference-sha256", demo_bundle.sha256]
+    _expect_refusal(release(reference=resealed, extra=pinned), "not the " + demo_bundle.sha256)
+
+
 def test_output_directory_exists(release, tmp_path):
     out = tmp_path / "existing"
     out.mkdir()

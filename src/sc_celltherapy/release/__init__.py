@@ -6,6 +6,7 @@ from ._preflight import check_out_dir
 from ._results import validate_results
 from ._run import Release, ReleaseExistsError, compare_results, run
 from ._score import score
+from ._signing import SigningError, generate_key
 from ._summary import summarize
 
 __all__ = [
@@ -23,4 +24,6 @@ __all__ = [
     "summarize",
     "check_out_dir",
     "validate_results",
+    "generate_key",
+    "SigningError",
 ]

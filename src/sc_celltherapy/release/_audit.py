@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .._validate import InputError
+from ._signing import load_public_key, sign, signature_holds
 
 GENESIS = "0" * 64
 AUDIT_FILE = "audit.jsonl"
@@ -43,10 +44,13 @@ def _canonical(record: Mapping[str, Any]) -> str:
 class AuditLog:
     """Appends chained records to a JSON-lines file (created if missing, never rewritten)."""
 
-    def __init__(self, path: str | os.PathLike, *, operator: str, run_id: str) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, operator: str, run_id: str, signing_key=None
+    ) -> None:
         self.path = Path(path)
         self.operator = operator
         self.run_id = run_id
+        self.signing_key = signing_key  # an Ed25519 private key: every record is signed
         self._prev, self._seq = GENESIS, 0
         if self.path.exists():  # continue an existing chain (a lab-wide log)
             lines = self.path.read_text().splitlines()
@@ -79,6 +83,8 @@ class AuditLog:
             "prev": self._prev,
         }
         record["hash"] = _sha(_canonical(record))
+        if self.signing_key is not None:
+            record["sig"] = sign(self.signing_key, record["hash"])
         line = _canonical(record)
         with open(self.path, "a", encoding="ascii") as fh:
             fh.write(line + "\n")
@@ -110,6 +116,8 @@ class AuditSummary:
     n_records: int
     runs: list[str]
     last_hash: str
+    n_signed: int = 0
+    signatures_checked: bool = False
 
 
 def _no_duplicate_keys(pairs):
@@ -120,7 +128,12 @@ def _no_duplicate_keys(pairs):
     return dict(pairs)
 
 
-def verify_audit(path: str | os.PathLike, *, expect_last: str | None = None) -> AuditSummary:
+def verify_audit(
+    path: str | os.PathLike,
+    *,
+    expect_last: str | None = None,
+    public_key: str | os.PathLike | None = None,
+) -> AuditSummary:
     """Check every line of an audit log; raise :class:`AuditError` naming the first bad line.
 
     Detects an edited line (its own hash no longer matches, or the next line's ``prev`` does
@@ -131,9 +144,15 @@ def verify_audit(path: str | os.PathLike, *, expect_last: str | None = None) -> 
     ends with it. The log of a release directory (beside its results.json) must hold exactly
     one run, and the files that run wrote must still have the hashes it recorded.
 
-    What the chain cannot show without ``expect_last`` (or a copy kept elsewhere): a log
-    rewritten whole, every hash recomputed.
+    ``public_key``: the lab's Ed25519 public key (``audit keygen``); every record must then
+    carry a signature of its hash that the key verifies, so a record rewritten with its hashes
+    recomputed is refused without a pinned hash. Without it, signatures are counted, not checked.
+
+    What the chain cannot show without ``expect_last`` or ``public_key``: a log rewritten whole,
+    every hash recomputed.
     """
+    key = load_public_key(public_key) if public_key is not None else None
+    n_signed = 0
     path = Path(path)
     if not path.is_file():
         msg = f"Audit log not found: {path}. Pass the audit.jsonl of a release directory."
@@ -147,6 +166,7 @@ def verify_audit(path: str | os.PathLike, *, expect_last: str | None = None) -> 
         try:
             record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
             claimed = record.pop("hash")
+            signature = record.pop("sig", None)
         except (ValueError, KeyError, AttributeError) as err:
             raise AuditError(
                 f"{where} is not an audit record ({err}): the log was edited."
@@ -159,6 +179,16 @@ def verify_audit(path: str | os.PathLike, *, expect_last: str | None = None) -> 
             raise AuditError(msg)
         if _sha(_canonical(record)) != claimed:
             raise AuditError(f"{where} was edited after it was written (its hash does not match).")
+        n_signed += signature is not None
+        if key is not None and (signature is None or not signature_holds(key, claimed, signature)):
+            state = (
+                "carries no signature" if signature is None else "has a signature the key refuses"
+            )
+            msg = (
+                f"{where} {state}: it was not sealed by the holder of this lab key (forged, "
+                "re-sealed, or written without --sign-key)."
+            )
+            raise AuditError(msg)
         action, run = record.get("action"), record.get("run_id")
         if action == "run started":
             if open_run is not None:
@@ -186,7 +216,7 @@ def verify_audit(path: str | os.PathLike, *, expect_last: str | None = None) -> 
         raise AuditError(msg)
     if (path.parent / "results.json").is_file():
         _check_release_dir(path, runs, [json.loads(x) for x in lines])
-    return AuditSummary(str(path), len(lines), runs, prev)
+    return AuditSummary(str(path), len(lines), runs, prev, n_signed, key is not None)
 
 
 def _check_release_dir(path: Path, runs: list[str], records: list[dict]) -> None:

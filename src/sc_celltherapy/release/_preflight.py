@@ -54,6 +54,7 @@ def preflight(
     min_gene_overlap,
     seed=0,
     audit_log=None,
+    reference_sha256=None,
 ) -> ResolvedInputs:
     from .. import atlas, io
     from .._validate import check_obs_key
@@ -97,6 +98,14 @@ def preflight(
             raise InputError(msg)
     else:
         bundle = atlas.load(reference)  # refuses a changed, missing or extra file
+        if reference_sha256 is not None and bundle.sha256 != reference_sha256:
+            msg = (
+                f"Reference {bundle.name} v{bundle.version} at {bundle.path} has sha256 "
+                f"{bundle.sha256}, not the {reference_sha256} this release was told to expect: "
+                "its bundle.json was changed and re-sealed, or it is another build. Use the "
+                "qualified bundle."
+            )
+            raise atlas.BundleError(msg)
         read_hashes[f"reference:{bundle.name}"] = bundle.sha256
         # refusal only here; the low-overlap warning comes from the mapping step, into the results
         check_genes(adata, bundle, min_gene_overlap=min_gene_overlap, warn_gene_overlap=0.0)

@@ -38,6 +38,7 @@ from ._results import (
     spec_digest,
 )
 from ._score import identities
+from ._signing import load_private_key
 
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
 STEPS = ("read", "qc", "map", "identity", "purity", "cluster", "report", "write")
@@ -70,6 +71,8 @@ def run(
     min_gene_overlap: float = 0.5,
     verify_rerun: bool = False,
     audit_log: str | os.PathLike | None = None,
+    sign_key: str | os.PathLike | None = None,
+    reference_sha256: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Release:
     """Release one lot: read, QC, map, score identity, assess purity, write the report.
@@ -105,6 +108,12 @@ def run(
     audit_log
         Optional lab-wide audit log that every record is also appended to (it keeps the
         records of failed runs, whose release directory is removed).
+    sign_key
+        The lab's Ed25519 private key (``sc-celltherapy audit keygen``): every audit record,
+        in the release and in the lab log, is signed; ``audit verify --public-key`` checks them.
+    reference_sha256
+        The qualified bundle's sha256 (its bundle.json, as results.json records it): any other
+        bundle, a re-sealed one included, is refused before work.
     progress
         Called with one line per step (the command prints them).
 
@@ -114,6 +123,7 @@ def run(
     and ``audit.jsonl``.
     """
     say = progress or (lambda line: logger.info(line))
+    key = load_private_key(sign_key) if sign_key is not None else None  # refused before work
     inputs = preflight(
         input,
         out_dir=out_dir,
@@ -126,6 +136,7 @@ def run(
         min_gene_overlap=min_gene_overlap,
         seed=seed,
         audit_log=audit_log,
+        reference_sha256=reference_sha256,
     )
     run_id = uuid.uuid4().hex
     started = _now()
@@ -135,9 +146,9 @@ def run(
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the release from the lab
-    logs = [AuditLog(tmp / AUDIT_FILE, operator=operator, run_id=run_id)]
+    logs = [AuditLog(tmp / AUDIT_FILE, operator=operator, run_id=run_id, signing_key=key)]
     if audit_log is not None:
-        logs.append(AuditLog(audit_log, operator=operator, run_id=run_id))
+        logs.append(AuditLog(audit_log, operator=operator, run_id=run_id, signing_key=key))
 
     def audit(action: str, **kwargs) -> str:
         """Append to every log; the release's own log's line hash is returned."""
