@@ -6,6 +6,8 @@ Everything that imports torch, lightning or scvi lives here, imported lazily.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import warnings
 from contextlib import contextmanager
 
@@ -32,7 +34,9 @@ def accelerator() -> str:
 
 @contextmanager
 def quiet_training():
-    """Silence lightning's banner lines unless the package logs at info level or below."""
+    """Silence lightning's banner lines unless the package logs at info level or below, and
+    give back an interrupt as an interrupt: lightning turns Ctrl-C (and the CLI's SIGTERM)
+    during a fit into ``sys.exit(1)`` after ignoring SIGINT for good."""
     names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi")
     old = {n: logging.getLogger(n).level for n in names}
     if settings.verbosity in ("warning", "error"):
@@ -44,6 +48,10 @@ def quiet_training():
             # actionable by a user, and it cluttered the demo's output
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
             yield
+    except SystemExit as err:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt("interrupted during model training") from err
     finally:
         for n, level in old.items():
             logging.getLogger(n).setLevel(level)
