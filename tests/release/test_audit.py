@@ -156,3 +156,30 @@ def test_signed_records_refuse_a_resealed_forgery(tmp_path):
     AuditLog(plain, operator="a", run_id="r").append("run started")
     with pytest.raises(AuditError, match="line 1 carries no signature"):
         verify_audit(plain, public_key=public)
+
+
+def test_stale_partials_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from sc_celltherapy.release._run import OWNER_FILE, remove_stale_partials
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    owners = {
+        ".a.partial-1": f"{socket.gethostname()} {dead.stdout.strip()}",  # killed: goes
+        ".b.partial-2": f"{socket.gethostname()} {__import__('os').getpid()}",  # alive: stays
+        ".c.partial-3": f"another-host {dead.stdout.strip()}",  # not ours to judge: stays
+    }
+    for name, owner in owners.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / OWNER_FILE).write_text(owner + "\n")
+    (tmp_path / ".d.partial-4").mkdir()  # no owner file (an older version's): stays
+    assert remove_stale_partials(tmp_path) == [tmp_path / ".a.partial-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".b.partial-2",
+        ".c.partial-3",
+        ".d.partial-4",
+    ]

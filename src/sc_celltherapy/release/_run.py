@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -41,6 +42,8 @@ from ._score import identities
 from ._signing import load_private_key
 
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
+# inside a partial directory: "<host> <pid>" of the run writing it (removed before the rename)
+OWNER_FILE = ".owner"
 STEPS = ("read", "qc", "map", "identity", "purity", "cluster", "report", "write")
 
 
@@ -140,9 +143,13 @@ def run(
     )
     run_id = uuid.uuid4().hex
     started = _now()
+    stale = remove_stale_partials(inputs.out_dir.parent)
+    for path in stale:
+        say(f"removed {path}: the partial directory of a run killed before it could clean up")
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{inputs.out_dir.name}.partial-", dir=inputs.out_dir.parent)
     )
+    (tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the release from the lab
@@ -167,6 +174,7 @@ def run(
             out_dir=str(inputs.out_dir),
             command=" ".join(sys.argv),
             settings=settings_used,
+            stale_partials_removed=[str(p) for p in stale],
         )
         results, adata, figures, timings = _chain(
             inputs, lot_id, batch_key, seed, min_gene_overlap, say, audit
@@ -356,10 +364,39 @@ def _write_outputs(tmp: Path, results: dict, adata, figures: dict[str, bytes]) -
 
 
 def _rename_into_place(tmp: Path, out_dir: Path) -> None:
+    (tmp / OWNER_FILE).unlink()
     if out_dir.exists():  # created by someone else while this run worked
         msg = f"Release directory {out_dir} appeared during the run; this run's outputs are discarded."
         raise ReleaseExistsError(msg)
     os.rename(tmp, out_dir)
+
+
+def remove_stale_partials(parent: Path) -> list[Path]:
+    """Remove the partial directories that runs on this host left when they were killed
+    (SIGKILL, power loss): their owner file names a process that no longer exists. A partial
+    of a live run, of another host, or without an owner file is left alone."""
+    removed = []
+    for path in sorted(parent.glob(".*.partial-*")):
+        owner = path / OWNER_FILE
+        try:
+            host, pid = owner.read_text().split()
+        except (OSError, ValueError):
+            continue
+        if host != socket.gethostname() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _now() -> str:
