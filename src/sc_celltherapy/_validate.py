@@ -83,7 +83,10 @@ def check_counts(adata: AnnData, *, layer: str | None = None) -> None:
         raise NotCountsError(msg)
     values = _values(matrix)
     if values.size == 0:
-        msg = f"{where} has no non-zero value: every cell has zero counts. Check the input file."
+        raw = " Counts may be in .raw: use adata.raw.to_adata()." if adata.raw is not None else ""
+        msg = (
+            f"{where} has no non-zero value: every cell has zero counts. Check the input file.{raw}"
+        )
         raise EmptyDataError(msg)
     n_bad = int((~np.isfinite(values)).sum()) if values.dtype.kind == "f" else 0
     if n_bad:

@@ -107,6 +107,21 @@ def _read(path: Path, fmt: str) -> AnnData:
 def _detect_format(path: Path) -> str:
     if path.is_dir():
         if any((path / n).exists() for n in _MTX_NAMES):
+            missing = [
+                group[0]
+                for group in (
+                    ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"),
+                    ("barcodes.tsv.gz", "barcodes.tsv"),
+                )
+                if not any((path / n).exists() for n in group)
+            ]
+            if missing:
+                msg = (
+                    f"Folder {path} has a 10x matrix but no {' or '.join(missing)}: the three "
+                    "files of Cell Ranger's filtered_feature_bc_matrix belong together. Copy the "
+                    "whole folder."
+                )
+                raise UnsupportedFormatError(msg)
             return "10x_mtx"
         msg = (
             f"Folder {path} holds no 10x matrix (expected one of {list(_MTX_NAMES)} with "

@@ -187,3 +187,23 @@ def test_guess_species():
     mouse = AnnData(X=np.ones((2, 3)), var=pd.DataFrame(index=["Cd3e", "Lyz2", "mt-Co1"]))
     assert sct.io.guess_species(human) == "human"
     assert sct.io.guess_species(mouse) == "mouse"
+
+
+def test_mtx_folder_without_features_is_named(tmp_path):
+    folder = tmp_path / "mtx"
+    folder.mkdir()
+    with gzip.open(folder / "matrix.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, sp.csr_matrix(np.ones((4, 3), dtype=np.int64)))
+    pd.Series(["A-1", "B-1", "C-1"]).to_csv(folder / "barcodes.tsv.gz", header=False, index=False)
+    with pytest.raises(UnsupportedFormatError, match="no features.tsv.gz: the three files"):
+        sct.io.read(folder)
+
+
+def test_all_zero_x_with_counts_in_raw_points_at_raw(tmp_path):
+    adata = AnnData(X=sp.csr_matrix((4, 5), dtype=np.float32))
+    adata.raw = AnnData(X=sp.csr_matrix(np.ones((4, 5), dtype=np.float32)))
+    adata.X = sp.csr_matrix((4, 5), dtype=np.float32)
+    path = tmp_path / "lot.h5ad"
+    adata.write_h5ad(path)
+    with pytest.raises(EmptyDataError, match=r"Counts may be in \.raw"):
+        sct.io.read(path)
