@@ -178,3 +178,18 @@ def test_operator_with_an_apostrophe_is_quoted(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-2000:]
     assert "--operator 'D'\"'\"'Souza'" in out  # shlex.quote: one shell word, apostrophe kept
+
+
+def test_a_missing_lot_file_fails_that_lot_not_the_sheet(tmp_path):
+    """Snakemake refuses a whole DAG when one source file is missing; a lot whose file is gone
+    is planned anyway, so its release job fails alone (naming the file) under --keep-going."""
+    (tmp_path / "lot.h5").write_text("")
+    rows = GOOD_ROW.replace("lot.h5", str(tmp_path / "lot.h5"))
+    rows += GOOD_ROW.replace("L1", "GONE").replace("lot.h5", str(tmp_path / "gone.h5"))
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(SHEET_HEADER + rows)
+    proc = _snakemake("--config", f"samples={sheet}", f"outdir={tmp_path / 'out'}", "-n", "-p")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-2000:]
+    assert f"sc-celltherapy release {tmp_path / 'gone.h5'}" in out
+    assert f"sc-celltherapy release {tmp_path / 'lot.h5'}" in out

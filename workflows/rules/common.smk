@@ -5,10 +5,19 @@ wildcard_constraints:
     lot="[A-Za-z0-9_][A-Za-z0-9_.-]*",
 
 
-def lot_input(wildcards):
+def lot_path(wildcards):
     """The lot's counts: its `input` column, or the lot the `mix` rule draws for it."""
     row = SAMPLES.loc[wildcards.lot]
     return row["input"] if row["input"] else f"{OUT}/{wildcards.lot}/input.h5ad"
+
+
+def lot_input(wildcards):
+    """The lot's counts as a rule input, or none when a listed file is missing: then only that
+    lot's jobs fail (the command names the missing file) and --keep-going releases the rest,
+    instead of Snakemake refusing the whole sheet."""
+    path = lot_path(wildcards)
+    row = SAMPLES.loc[wildcards.lot]
+    return [] if row["input"] and not Path(path).exists() else path
 
 
 def mix_args(lot):

@@ -6,6 +6,8 @@ rule qc:
         f"{OUT}/{{lot}}/steps/qc.h5ad",
     log:
         f"{OUT}/{{lot}}/logs/qc.log",
+    params:
+        input=lot_path,
     conda:
         "../envs/sc_celltherapy.yaml"
     threads: 1
@@ -13,4 +15,4 @@ rule qc:
         mem_mb=8000,
         runtime=30,
     shell:
-        "sc-celltherapy qc {input} --out {output} > {log} 2>&1"
+        "sc-celltherapy qc {params.input} --out {output} > {log} 2>&1"

@@ -8,6 +8,7 @@ rule release:
     log:
         f"{OUT}/{{lot}}/logs/release.log",
     params:
+        input=lot_path,
         spec=spec_args(),
         reference=config["reference"],
         operator=shlex.quote(config["operator"]),
@@ -20,6 +21,6 @@ rule release:
         runtime=60,
         gpu=config["gpus_per_mapping"],
     shell:
-        "sc-celltherapy release {input} {params.spec} --reference {params.reference}"
+        "sc-celltherapy release {params.input} {params.spec} --reference {params.reference}"
         " --lot-id {wildcards.lot} --operator {params.operator} --seed {params.seed}"
         " --out {output} > {log} 2>&1"
