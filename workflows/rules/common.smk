@@ -12,7 +12,7 @@ def lot_path(wildcards):
 
 
 def lot_input(wildcards):
-    """The lot's counts as a rule input, or none when a listed file is missing: then only that
+    """The lot's counts as a job input, or none when a listed file is missing: then only that
     lot's jobs fail (the command names the missing file) and --keep-going releases the rest,
     instead of Snakemake refusing the whole sheet."""
     path = lot_path(wildcards)
