@@ -21,6 +21,7 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _stats
+from ._display import html_table, pct, text_table
 from ._logging import logger
 from ._utils import plain
 from ._validate import InputError
@@ -46,6 +47,33 @@ class SpikeInResult:
     limit: float | None
     seed: int
     replace: bool = False
+
+    _HEADER = ("true fraction", "mixtures", "mean estimate", "recovery", "detected")
+
+    def _rows(self) -> list[list[str]]:
+        return [
+            [
+                pct(f),
+                str(int(r["n_mixtures"])),
+                pct(r["mean_estimate"]),
+                "–" if pd.isna(r["recovery"]) else f"{r['recovery']:.2f}",
+                pct(r["detected_rate"]),
+            ]
+            for f, r in self.summary.iterrows()
+        ]
+
+    def _headline(self) -> str:
+        lod = pct(self.lod) if self.lod is not None else "not reached"
+        return (
+            f"slope {self.slope:.3f}, R^2 {self.r2:.3f}, limit of detection {lod}, blank "
+            f"false-positive rate {pct(self.false_positive_rate)}"
+        )
+
+    def __repr__(self) -> str:
+        return f"SpikeInResult: {self._headline()}\n" + text_table(self._rows(), self._HEADER)
+
+    def _repr_html_(self) -> str:
+        return html_table(f"Spike-in: {self._headline()}", self._rows(), self._HEADER, None)
 
     @property
     def sampling(self) -> str:

@@ -9,11 +9,10 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._display import VERDICT_COLOURS
 from .._validate import MissingKeyError
 from ._clusters import _palette
 from ._utils import new_figure, save_figure
-
-VERDICT_COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "INCONCLUSIVE": "#ef6c00", None: "#607d8b"}
 
 
 def identity(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._display import html_table, interval, pct, text_table
 from .._logging import logger, timed
 from .._provenance import hardware, peak_memory_mb
 from .._spec import Spec
@@ -58,6 +59,36 @@ class Release:
     @property
     def verdict(self) -> str:
         return self.results["verdict"]
+
+    _HEADER = ("criterion", "n", "fraction", "95% interval", "limit", "verdict")
+
+    def _rows(self) -> list[list[str]]:
+        rows = []
+        for c in self.results["criteria"]:
+            sign = ">=" if c.get("kind") == "min" else "<="
+            limit = f"{sign} {pct(c['limit'])}"
+            if c.get("limit_max") is not None:
+                limit += f", <= {pct(c['limit_max'])}"
+            rows.append(
+                [
+                    c["criterion"],
+                    str(c["n"]),
+                    pct(c["fraction"]),
+                    interval(c["ci_low"], c["ci_high"]),
+                    limit,
+                    c["verdict"],
+                ]
+            )
+        return rows
+
+    def __repr__(self) -> str:
+        r = self.results
+        head = f"Release {r['lot_id']}: {self.verdict} ({r['purity']['n_cells']} cells) in {self.out_dir}"
+        return head + "\n" + text_table(self._rows(), self._HEADER)
+
+    def _repr_html_(self) -> str:
+        title = f"Release {self.results['lot_id']} ({self.out_dir})"
+        return html_table(title, self._rows(), self._HEADER, self.verdict)
 
 
 def run(

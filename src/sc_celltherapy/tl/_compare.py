@@ -18,6 +18,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.stats import norm
 
+from .._display import html_table, interval, pct, text_table
 from .._logging import logger
 from .._stats import fraction_interval
 from .._utils import plain, uns_safe
@@ -59,6 +60,41 @@ class LotComparison:
     shift: dict[str, Any]
     verdict: str
     method: dict[str, Any]
+
+    _HEADER = (
+        "class",
+        "new lot",
+        "95% interval",
+        "history range",
+        "difference (90%)",
+        "margin",
+        "verdict",
+    )
+
+    def _rows(self) -> list[list[str]]:
+        return [
+            [
+                str(name),
+                pct(r["fraction"]),
+                interval(r["ci_low"], r["ci_high"]),
+                f"{pct(r['history_min'])} – {pct(r['history_max'])}",
+                interval(r["diff_ci_low"], r["diff_ci_high"]),
+                f"±{pct(r['margin'])}",
+                str(r["verdict"]),
+            ]
+            for name, r in self.classes.iterrows()
+        ]
+
+    def __repr__(self) -> str:
+        head = (
+            f"LotComparison: {self.verdict} ({self.n_cells} cells against "
+            f"{len(self.history_lots)} qualified lots)"
+        )
+        return head + "\n" + text_table(self._rows(), self._HEADER)
+
+    def _repr_html_(self) -> str:
+        title = f"Lot against {len(self.history_lots)} qualified lots"
+        return html_table(title, self._rows(), self._HEADER, self.verdict)
 
     def to_dict(self) -> dict[str, Any]:
         frame = self.classes.astype(object).where(self.classes.notna(), None)

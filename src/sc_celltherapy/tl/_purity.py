@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _stats
+from .._display import html_table, interval, pct, text_table
 from .._logging import logger
 from .._spec import DETECTION_RULE, Spec
 from .._utils import plain, uns_safe
@@ -92,6 +93,44 @@ class PurityReport:
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), indent=kwargs.pop("indent", 2), **kwargs)
+
+    _HEADER = ("criterion", "n", "fraction", "95% interval", "limit", "verdict")
+
+    def _rows(self) -> list[list[str]]:
+        kinds = {f"marker:{k}": kind for k, kind in self.marker_gates.get("kind", {}).items()}
+        rows = []
+        for name, r in self.to_frame().iterrows():
+            if name == TARGET:
+                limit = f">= {pct(self.target.limit)}" if self.target.limit else "–"
+                if self.target.limit_max is not None:
+                    limit += f", <= {pct(self.target.limit_max)}"
+            elif pd.isna(r["limit"]):
+                limit = "–"
+            else:
+                limit = f"{'>=' if kinds.get(name) == 'min' else '<='} {pct(r['limit'])}"
+            verdict = r["verdict"] if isinstance(r["verdict"], str) else "–"
+            rows.append(
+                [
+                    str(name),
+                    str(int(r["n"])),
+                    pct(r["fraction"]),
+                    interval(r["ci_low"], r["ci_high"]),
+                    limit,
+                    verdict,
+                ]
+            )
+        return rows
+
+    def __repr__(self) -> str:
+        head = (
+            f"PurityReport: {self.verdict} ({self.n_cells} cells assessed, limit of detection "
+            f"{pct(self.lod95)})"
+        )
+        return head + "\n" + text_table(self._rows(), self._HEADER)
+
+    def _repr_html_(self) -> str:
+        title = f"Purity of {self.n_cells} cells (limit of detection {pct(self.lod95)})"
+        return html_table(title, self._rows(), self._HEADER, self.verdict)
 
     def to_frame(self) -> pd.DataFrame:
         """Target and impurity rows in one table, as a report prints them."""
