@@ -176,3 +176,26 @@ def test_filter_cells_refuses_to_remove_everything():
     with pytest.raises(sct.InputError, match="remove all 5 cells"):
         sct.pp.filter_cells(adata)
     assert adata.n_obs == 5
+
+
+def test_qc_steps_are_safe_to_rerun():
+    """Re-running a cell in a notebook must not silently change the counts a lab signs: a
+    second filter is a no-op that keeps the first record; refitting QC calls on the filtered
+    lot is refused."""
+    lot = sct.datasets.toy_product(n_cells=600, seed=3)
+    sct.pp.flag_low_quality(lot)
+    sct.pp.doublets(lot)
+    sct.pp.filter_cells(lot)
+    first = dict(lot.uns["sct_qc"])
+    n = lot.n_obs
+    assert first["n_cells_before"] == 600 and first["n_cells_after"] == n < 600
+    sct.pp.filter_cells(lot)
+    assert lot.n_obs == n and lot.uns["sct_qc"]["n_cells_before"] == 600
+    assert lot.uns["sct_qc"]["n_removed"] == first["n_removed"]
+    with pytest.raises(
+        sct.InputError, match=r"already filtered on 'sct_doublet'.*before sct.pp.filter_cells"
+    ):
+        sct.pp.doublets(lot)
+    with pytest.raises(sct.InputError, match=r"already filtered on 'sct_low_quality'"):
+        sct.pp.flag_low_quality(lot)
+    assert lot.uns["sct_qc"]["n_cells_before"] == 600  # nothing changed by the refusals

@@ -9,6 +9,7 @@ from anndata import AnnData
 from .._logging import logger, timed
 from .._utils import EXACT_KNN_MAX_CELLS, iter_samples, uns_safe
 from .._validate import InputError, check_lot, get_matrix
+from ._qc import refuse_after_filter
 
 # 10x Genomics' Chromium user guides: about 0.8% multiplets per 1,000 cells recovered.
 MULTIPLET_RATE_PER_1000 = 0.008
@@ -91,6 +92,7 @@ def doublets(
     if expected_rate is not None and not 0 < expected_rate < 1:
         msg = f"expected_rate must be a fraction in (0, 1), got {expected_rate}."
         raise InputError(msg)
+    refuse_after_filter(adata, key_added, "doublets")
     check_lot(adata, layer=layer, batch_key=batch_key)
     counts = get_matrix(adata, layer)
     scored = np.ones(adata.n_obs, dtype=bool)

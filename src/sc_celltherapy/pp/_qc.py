@@ -180,6 +180,7 @@ def flag_low_quality(
     >>> int(adata.obs["sct_low_quality"].sum()) > 0
     True
     """
+    refuse_after_filter(adata, key_added, "flag_low_quality")
     for value, name in ((nmads, "nmads"), (mt_nmads, "mt_nmads")):
         if not value > 0:
             msg = f"{name} must be positive, got {value}."
@@ -289,6 +290,21 @@ def _upper_mode(log_genes: np.ndarray) -> tuple[np.ndarray, float | None]:
     return log_genes >= split, split
 
 
+def refuse_after_filter(adata: AnnData, key: str, step: str) -> None:
+    """A QC step whose calls a filter already applied cannot run again on the filtered lot:
+    its thresholds (MADs, the doublet score's cut) would be refitted on the survivors and flag
+    new cells, silently changing the counts the lot's record reports."""
+    record = adata.uns.get("sct_qc")
+    if record is not None and key in list(record.get("keys", [])):
+        msg = (
+            f"This lot was already filtered on {key!r} (uns['sct_qc']: {record['n_cells_before']} "
+            f"cells before QC, {record['n_cells_after']} after). Running sct.pp.{step} again "
+            "would refit it on the remaining cells and flag new ones. Run it on the lot before "
+            "sct.pp.filter_cells."
+        )
+        raise InputError(msg)
+
+
 def filter_cells(
     adata: AnnData,
     *,
@@ -357,6 +373,16 @@ def filter_cells(
             "keys": present,
         }
     )
+    first = adata.uns.get("sct_qc")
+    if first is not None:  # filtered before: the first record stays, this pass is history
+        if not remove.any():
+            logger.info("filter_cells: no flagged cell left; the lot is unchanged")
+            return adata.copy() if copy else None
+        history = [
+            *first.get("history", []),
+            {k: record[k] for k in ("n_cells_before", "n_cells_after", "n_removed", "keys")},
+        ]
+        record = uns_safe({**first, "n_cells_after": record["n_cells_after"], "history": history})
     logger.info("kept %d of %d cells", record["n_cells_after"], record["n_cells_before"])
     if copy:
         adata = adata[~remove].copy()
