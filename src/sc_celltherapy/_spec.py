@@ -38,6 +38,17 @@ _FIELDS = (
 )
 
 
+# The spec's JSON Schema, shipped beside this module; its "$id" names the format.
+SPEC_SCHEMA_FILE = Path(__file__).with_name("spec.schema.json")
+
+
+def spec_schema() -> dict:
+    """The JSON Schema of a release spec (YAML or ``Spec.to_dict()``)."""
+    import json
+
+    return json.loads(SPEC_SCHEMA_FILE.read_text())
+
+
 class SpecError(InputError):
     """A release specification is malformed or names something unknown."""
 
@@ -274,9 +285,11 @@ class Spec:
                 msg = f"{source}: {key} must map names to fractions, got {kwargs[key]!r}."
                 raise SpecError(msg)
         try:
-            return cls(**kwargs)
+            spec = cls(**kwargs)
         except TypeError as err:
             raise SpecError(f"{source}: {err}") from err
+        _check_schema(data, source)  # what the checks above let through, the schema names
+        return spec
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
         """The spec as YAML; written to ``path`` too when given."""
@@ -340,3 +353,15 @@ class Spec:
             example=True,
             note=" ".join(ex["note"].split()),
         )
+
+
+def _check_schema(data: Mapping, source: str) -> None:
+    """The shipped JSON Schema, after the checks above have named the common mistakes."""
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(spec_schema()).iter_errors(dict(data)), key=str)
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        msg = f"{source}: field {where}: {e.message} (spec.schema.json)."
+        raise SpecError(msg)

@@ -103,3 +103,19 @@ def test_single_names_none_and_yaml_strings_read_as_meant():
     assert one_line.min_target_fraction == 0.8
     with pytest.raises(SpecError, match="Spec file missing.yaml does not exist"):
         Spec.from_yaml("missing.yaml")
+
+
+def test_spec_schema_holds_every_shipped_example_and_refuses_what_the_dataclass_allows():
+    """The JSON Schema ships with the package: every profile's example spec, written out,
+    validates; a value the dataclass lets through (a numeric note) is refused by it, naming the
+    field."""
+    import jsonschema
+
+    from sc_celltherapy._spec import spec_schema
+
+    schema = spec_schema()
+    assert schema["$id"] == "sc_celltherapy.release.spec/1"
+    for name in _names("profile"):
+        jsonschema.validate(Spec.from_profile(name).to_dict(), schema)
+    with pytest.raises(SpecError, match="field note: 5 is not of type 'string'"):
+        Spec.from_yaml("product: p\ntarget: [T]\nnote: 5\n")
