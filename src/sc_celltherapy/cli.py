@@ -6,13 +6,12 @@ Exit codes: 0 completed, 2 bad input or usage, 1 internal error.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import _interrupt as interrupt
 from ._cli_atlas import add_atlas_commands
 from ._cli_audit import add_audit_commands
 from ._cli_summaries import cluster_summary, map_summary, qc_summary, release_summary
@@ -194,10 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.verbosity = "info"  # the one switch, so scvi-tools' progress follows it too
     # Warnings from the library are for a person reading a terminal: one line each.
     warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
-    previous = _stop_on_sigterm()
+    previous = interrupt.install()
     try:
         args.func(args)
-    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM from a scheduler (below)
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM from a scheduler (_interrupt.py)
         # the release has already recorded "run failed" in the lab log and removed its partial
         print(f"interrupted: {err or 'SIGINT'}; nothing was released", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -209,22 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"internal error: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_INTERNAL
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        interrupt.restore(previous)
     return EXIT_OK
-
-
-def _stop_on_sigterm():
-    """SIGTERM (what SLURM and Snakemake send before killing a job) raises KeyboardInterrupt,
-    so a release unwinds as on Ctrl-C: its failure is recorded and its partial directory goes.
-    Returns the previous handler (``None`` off the main thread, where none can be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _check_out_file(path: Path) -> None:

@@ -71,18 +71,18 @@ def test_a_signalled_release_records_its_failure_and_leaves_nothing(
         ]  # fmt: skip
 
     env = {**os.environ, "SCT_CACHE_DIR": str(demo_bundle.path.parent.parent)}
-    proc = subprocess.Popen(
-        command(tmp_path / "killed"), stderr=subprocess.PIPE, text=True, env=env
-    )
     seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if line.startswith(step):
-            time.sleep(0.5)
-            proc.send_signal(getattr(signal, sig))
-            break
-    rest = proc.stderr.read()
-    code = proc.wait(timeout=300)
+    with subprocess.Popen(
+        command(tmp_path / "killed"), stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith(step):
+                time.sleep(0.5)
+                proc.send_signal(getattr(signal, sig))
+                break
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=300)
     assert code == 130, "".join(seen) + rest  # interrupted, not crashed
     assert not (tmp_path / "killed").exists()
     assert not list(tmp_path.glob(".killed.*")), "a partial directory was left"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import _interrupt as interrupt
 from .._display import html_table, interval, pct, text_table
 from .._logging import logger, timed
 from .._provenance import hardware, peak_memory_mb
@@ -220,6 +221,7 @@ def run(
             audit("rerun compared", agrees=rerun["agrees"], differences=rerun["differences"])
         results[PER_RUN_KEY] = _run_record(run_id, operator, started, inputs, timings, rerun)
         say(f"[{len(STEPS)}/{len(STEPS)}] write results.json, lot.h5ad, report.html")
+        interrupt.check()
         written = _write_outputs(tmp, results, adata, figures)
         audit("outputs written", wrote=written)
         last_hash = audit(
@@ -270,6 +272,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
     n_steps = len(STEPS)
 
     def step(name: str, what: str):
+        interrupt.check()  # an interrupt Python dropped inside a finaliser still stops here
         say(f"[{STEPS.index(name) + 1}/{n_steps}] {what}")
         return timed(what, record=timings, key=name)
 
