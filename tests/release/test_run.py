@@ -234,10 +234,11 @@ def test_score_and_release_judge_the_same_classes(small_lot, demo_bundle, tmp_pa
     classes = released.obs["sct_identity_class"].astype(str)
     assert (classes == scored.obs["sct_identity_class"].astype(str)).all()
     r = json.loads((out / "results.json").read_text())
-    # measured: the CD8 labels' cells are target, the other T labels "other reference labels"
+    # measured: 46 of 279 cells are CD8 target; 137 are ambiguous (their label sets span CD8
+    # and the other T labels, which this spec treats as an impurity)
     n_target = int((classes == "target").sum())
-    assert r["criteria"][0]["n"] == n_target == 40
-    assert released.uns["sct_identity"]["target"] == list(spec.target)
+    assert r["criteria"][0]["n"] == n_target == 46
+    assert list(released.uns["sct_identity"]["target"]) == list(spec.target)  # array after h5ad
     # the library call resolves the same way
     lot = released.copy()
     report = sct.release.score(lot, spec)
