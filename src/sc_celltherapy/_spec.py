@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -42,8 +43,9 @@ _FIELDS = (
 SPEC_SCHEMA_FILE = Path(__file__).with_name("spec.schema.json")
 
 
+@functools.cache
 def spec_schema() -> dict:
-    """The JSON Schema of a release spec (YAML or ``Spec.to_dict()``)."""
+    """The JSON Schema of a release spec (YAML or ``Spec.to_dict()``), read once."""
     import json
 
     return json.loads(SPEC_SCHEMA_FILE.read_text())

@@ -160,7 +160,7 @@ def verify_audit(
     lines = path.read_text(encoding="ascii", errors="replace").splitlines()
     if not lines:
         raise AuditError(f"Audit log {path} is empty: records were removed.")
-    prev, runs, open_run = GENESIS, [], None
+    prev, runs, open_run, written = GENESIS, [], None, {}
     for i, line in enumerate(lines, start=1):
         where = f"{path}, line {i}"
         try:
@@ -199,6 +199,8 @@ def verify_audit(
             raise AuditError(f"{where} belongs to run {run}, but the open run is {open_run}.")
         if action in FINAL_ACTIONS:
             open_run = None
+        if action == "outputs written":
+            written = record.get("wrote", {})
         prev = _sha(line)
     if open_run is not None:
         msg = (
@@ -215,11 +217,11 @@ def verify_audit(
         )
         raise AuditError(msg)
     if (path.parent / "results.json").is_file():
-        _check_release_dir(path, runs, [json.loads(x) for x in lines])
+        _check_release_dir(path, runs, written)
     return AuditSummary(str(path), len(lines), runs, prev, n_signed, key is not None)
 
 
-def _check_release_dir(path: Path, runs: list[str], records: list[dict]) -> None:
+def _check_release_dir(path: Path, runs: list[str], written: Mapping[str, str]) -> None:
     """A release directory's own log: one run, and its written files unchanged."""
     from ..io import file_sha256
 
@@ -229,8 +231,7 @@ def _check_release_dir(path: Path, runs: list[str], records: list[dict]) -> None
             "records exactly one (a forged run was appended, or logs were merged)."
         )
         raise AuditError(msg)
-    written = [r for r in records if r.get("action") == "outputs written"]
-    for name, digest in (written[-1]["wrote"] if written else {}).items():
+    for name, digest in written.items():
         target = path.parent / name
         if not target.is_file() or file_sha256(target) != digest:
             msg = (
