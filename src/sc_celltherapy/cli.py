@@ -374,7 +374,9 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     result = tl.compare_lots(new, history, spec=spec, seed=args.seed)
     args.out.write_text(json.dumps({"new": str(args.new), **result.to_dict()}, indent=2) + "\n")
     if args.plot is not None:
-        pl.compare_lots(new, save=args.plot)
+        import matplotlib.pyplot as plt
+
+        plt.close(pl.compare_lots(new, save=args.plot, return_fig=True))
     print(f"Comparison with {len(history)} qualified lots: {result.verdict}")
     print(
         result.classes[["fraction", "history_mean", "difference", "margin", "verdict"]].to_string()

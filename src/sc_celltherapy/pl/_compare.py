@@ -9,14 +9,20 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from .._validate import MissingKeyError
-from ._utils import new_figure, save_figure
+from ._utils import finish, new_figure
 
 _COLOURS = {"equivalent": "#2e7d32", "not equivalent": "#c62828", "inconclusive": "#f9a825"}
 
 
 def compare_lots(
-    adata: AnnData, *, key: str = "sct_compare", save: str | os.PathLike | None = None
-) -> Figure:
+    adata: AnnData,
+    *,
+    key: str = "sct_compare",
+    save: str | os.PathLike | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    ax=None,
+) -> Figure | None:
     """Each identity class: the qualified lots' fractions (grey range and mean), the new lot's
     fraction with its 95% interval, and the equivalence band (history mean +/- margin),
     coloured by the verdict.
@@ -29,17 +35,24 @@ def compare_lots(
         ``key_added`` of :func:`sct.tl.compare_lots`.
     save
         Path to save the figure to (format from its suffix).
+    show
+        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
+    return_fig
+        Return the figure instead of showing it.
+    ax
+        A matplotlib axes to draw into (this plot has one panel).
 
     Returns
     -------
-    The matplotlib figure.
+    ``None`` when the figure is shown; the figure with ``return_fig=True``; the axes with
+    ``show=False``. The figure.
     """
     if key not in adata.uns:
         raise MissingKeyError(f"adata.uns has no {key!r}: run sct.tl.compare_lots first.")
     rec = adata.uns[key]
     classes = rec["classes"]
     names = list(classes)
-    fig, axes = new_figure(1, 1, cell=(7, 0.5 * len(names) + 1.5))
+    fig, axes = new_figure(1, 1, cell=(7, 0.5 * len(names) + 1.5), ax=ax)
     ax = axes[0, 0]
     for y, name in enumerate(names):
         c = classes[name]
@@ -76,5 +89,4 @@ def compare_lots(
     ax.set_xlabel("fraction of cells (new lot: 95% interval; grey: history range, band: margin)")
     n_hist = len(rec["history_lots"])
     ax.set_title(f"new lot ({rec['n_cells']} cells) vs {n_hist} qualified lots: {rec['verdict']}")
-    save_figure(fig, save)
-    return fig
+    return finish(fig, axes, show=show, return_fig=return_fig, save=save)

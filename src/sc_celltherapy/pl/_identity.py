@@ -11,8 +11,7 @@ from matplotlib.figure import Figure
 
 from .._display import VERDICT_COLOURS
 from .._validate import MissingKeyError
-from ._clusters import _palette
-from ._utils import new_figure, save_figure
+from ._utils import finish, new_figure
 
 
 def identity(
@@ -21,7 +20,9 @@ def identity(
     key: str = "sct_identity",
     groupby: str = "sct_cluster",
     save: str | os.PathLike | None = None,
-) -> Figure:
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | None:
     """Identity scores per cluster, and the score and identity class on the UMAP.
 
     Parameters
@@ -35,10 +36,15 @@ def identity(
         Column of ``.obs`` to group the score distributions by.
     save
         Path to save the figure to (format from its suffix).
+    show
+        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
+    return_fig
+        Return the figure instead of showing it.
 
     Returns
     -------
-    The matplotlib figure: box plots of the identity score (and its marker-panel score) per
+    ``None`` when the figure is shown; the figure with ``return_fig=True``; the axes with
+    ``show=False``. The figure: box plots of the identity score (and its marker-panel score) per
     group, the UMAP coloured by identity score, and the UMAP coloured by identity class.
     """
     needed = [key, f"{key}_class", f"{key}_markers", groupby]
@@ -82,15 +88,19 @@ def identity(
     fig.colorbar(points, ax=ax, label="identity score")
     ax.set_title("identity score")
     ax = axes[0, 2]
-    colours = _palette(len(classes.cat.categories))
-    for i, name in enumerate(classes.cat.categories):
+    target = "target"  # the class sct.tl.identity_score gives the target's cells
+    others = iter(OKABE_ITO)
+    # the target underneath in grey, each impurity class on top in its own colour: the rare
+    # cells a release exists to find are never hidden under the target's
+    order = sorted(classes.cat.categories, key=lambda c: (c != target, str(c)))
+    for name in order:
         sel = (classes == name).to_numpy()
         ax.scatter(
             umap[sel, 0],
             umap[sel, 1],
-            s=4,
+            s=3 if name == target else 8,
             lw=0,
-            color=colours[i],
+            color=TARGET_GREY if name == target else next(others, "#000000"),
             label=f"{name} ({int(sel.sum())})",
         )
     ax.legend(fontsize=7, markerscale=3, loc="best")
@@ -100,8 +110,12 @@ def identity(
         ax.set_yticks([])
         ax.set_xlabel("UMAP1")
         ax.set_ylabel("UMAP2")
-    save_figure(fig, save)
-    return fig
+    return finish(fig, axes, show=show, return_fig=return_fig, save=save)
+
+
+# Okabe & Ito's colour-blind-safe palette, black last
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#D55E00", "#CC79A7", "#0072B2", "#F0E442")
+TARGET_GREY = "#c8c8c8"
 
 
 def composition(
@@ -109,7 +123,9 @@ def composition(
     *,
     key: str = "sct_purity",
     save: str | os.PathLike | None = None,
-) -> Figure:
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | None:
     """Target and impurity fractions with their 95% intervals against the spec's limits.
 
     Parameters
@@ -120,10 +136,15 @@ def composition(
         ``key_added`` of :func:`sct.tl.assess_purity`.
     save
         Path to save the figure to (format from its suffix).
+    show
+        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
+    return_fig
+        Return the figure instead of showing it.
 
     Returns
     -------
-    The matplotlib figure: one row per criterion, the fraction as a point with its interval,
+    ``None`` when the figure is shown; the figure with ``return_fig=True``; the axes with
+    ``show=False``. The figure: one row per criterion, the fraction as a point with its interval,
     the limit as a bar, coloured by verdict; the limit of detection as a dashed line.
     """
     if key not in adata.uns:
@@ -165,5 +186,4 @@ def composition(
         f"{report.lod95:.3%} (95%)",
         color=VERDICT_COLOURS.get(report.verdict),
     )
-    save_figure(fig, save)
-    return fig
+    return finish(fig, axes, show=show, return_fig=return_fig, save=save)

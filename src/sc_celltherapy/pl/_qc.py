@@ -11,7 +11,7 @@ from matplotlib.ticker import NullFormatter
 
 from .._utils import iter_samples
 from .._validate import MissingKeyError
-from ._utils import new_figure, save_figure
+from ._utils import finish, new_figure
 
 # (obs column, threshold key in uns, axis label, log x axis)
 _PANELS = (
@@ -23,8 +23,13 @@ _PANELS = (
 
 
 def qc(
-    adata: AnnData, *, key: str = "sct_low_quality", save: str | os.PathLike | None = None
-) -> Figure:
+    adata: AnnData,
+    *,
+    key: str = "sct_low_quality",
+    save: str | os.PathLike | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | None:
     """Distributions of the QC metrics, one row per sample, with the thresholds drawn.
 
     Parameters
@@ -35,10 +40,15 @@ def qc(
         ``key_added`` of :func:`sct.pp.flag_low_quality` whose thresholds are drawn.
     save
         Path to save the figure to (format from its suffix).
+    show
+        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
+    return_fig
+        Return the figure instead of showing it.
 
     Returns
     -------
-    The matplotlib figure. Kept cells are grey, flagged cells red; dashed lines are thresholds.
+    ``None`` when the figure is shown; the figure with ``return_fig=True``; the axes with
+    ``show=False``. The figure. Kept cells are grey, flagged cells red; dashed lines are thresholds.
     """
     if "total_counts" not in adata.obs:
         msg = "No QC metrics in adata.obs: run sct.pp.qc_metrics(adata) first."
@@ -69,8 +79,7 @@ def qc(
             if col == 0:
                 ax.set_ylabel(f"{sample}\ncells")
     fig.suptitle(f"QC: {int(flagged.sum())} of {adata.n_obs} cells flagged (red)")
-    save_figure(fig, save)
-    return fig
+    return finish(fig, axes, show=show, return_fig=return_fig, save=save)
 
 
 def _bins(values: np.ndarray, log: bool) -> np.ndarray:

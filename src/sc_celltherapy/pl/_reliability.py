@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from .._validate import MissingKeyError
 from ._clusters import _palette
-from ._utils import new_figure, save_figure
+from ._utils import finish, new_figure
 
 
 def reliability(
@@ -19,7 +19,9 @@ def reliability(
     *,
     reference_key: str = "sct_ref",
     save: str | os.PathLike | None = None,
-) -> Figure:
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | None:
     """Per held-out donor of the reference: accuracy against confidence of the top label, and
     the coverage of the conformal label sets against their target 1 - alpha.
 
@@ -35,10 +37,15 @@ def reliability(
         ``key_added`` of :func:`sct.tl.map_to_reference`.
     save
         Path to save the figure to (format from its suffix).
+    show
+        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
+    return_fig
+        Return the figure instead of showing it.
 
     Returns
     -------
-    The matplotlib figure: the reliability diagram (one line per donor, point size by cells,
+    ``None`` when the figure is shown; the figure with ``return_fig=True``; the axes with
+    ``show=False``. The figure: the reliability diagram (one line per donor, point size by cells,
     ECE in the legend) and the label-set coverage per donor.
     """
     rec = adata.uns.get(reference_key)
@@ -89,5 +96,4 @@ def reliability(
         f"({rec['calibration']['worst_donor']}); calibration "
         f"{'across donors' if rec['calibration']['across_donors'] else 'within one donor only'}"
     )
-    save_figure(fig, save)
-    return fig
+    return finish(fig, axes, show=show, return_fig=return_fig, save=save)

@@ -293,7 +293,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         pp.qc_metrics(adata, species=species, batch_key=batch_key)
         pp.flag_low_quality(adata, batch_key=batch_key)
         pp.doublets(adata, batch_key=batch_key, random_state=seed)
-        qc_png = _png(pl.qc(adata))  # drawn before the flagged cells are removed
+        qc_png = _png(pl.qc(adata, return_fig=True))  # drawn before the flagged cells are removed
         pp.filter_cells(adata)  # refuses when no cell would be left
     qc = adata.uns["sct_qc"]
     audit(
@@ -337,12 +337,16 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         figures = {
             "qc": qc_png,
             "identity": _png(
-                pl.identity(adata, groupby="sct_identity_class" if marker_only else "sct_ref_label")
+                pl.identity(
+                    adata,
+                    groupby="sct_identity_class" if marker_only else "sct_ref_label",
+                    return_fig=True,
+                )
             ),
-            "composition": _png(pl.composition(adata)),
+            "composition": _png(pl.composition(adata, return_fig=True)),
         }
         if not marker_only:
-            figures["reliability"] = _png(pl.reliability(adata))
+            figures["reliability"] = _png(pl.reliability(adata, return_fig=True))
     return results, adata, figures, timings
 
 
