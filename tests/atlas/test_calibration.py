@@ -96,6 +96,48 @@ def test_label_sets_cover_new_donors_at_their_level():
     )
 
 
+def shifted_donor(rng, n: int, rare_share: float):
+    """Cells whose label 0 the model confuses with label 1 (it calls them label 1 with high
+    confidence, as a CAR-T reference calls CD4 CTL cells DN TEM), at ``rare_share`` of the
+    donor's cells; the other labels are told apart well."""
+    prior = np.r_[rare_share, np.full(K - 1, (1 - rare_share) / (K - 1))]
+    y = rng.choice(K, size=n, p=prior)
+    logits = rng.normal(size=(n, K))
+    logits[np.arange(n), y] += 2.5
+    logits[y == 0, 1] += 3.0
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True), y
+
+
+def test_class_conditional_sets_cover_a_donor_made_of_a_rare_confused_label():
+    """Known truth, label shift: in the reference's donors label 0 is 2% of cells and mostly
+    called label 1; a new donor is 35% label 0. Sets from one threshold over all held-out cells
+    leave most of that donor's label-0 cells out; the class-conditional (Mondrian) thresholds
+    the bundle unites with them cover the new donor at 1 - alpha."""
+    rng = np.random.default_rng(2)
+    donors = [shifted_donor(rng, 1500, 0.02) for _ in range(5)]
+    probs = np.concatenate([p for p, _ in donors])
+    y = np.concatenate([y for _, y in donors])
+    names = np.repeat([f"d{i}" for i in range(5)], 1500)
+    cal = fit_across_donors(probs, y, names, alpha=0.1)
+    conformal = cal["conformal"]
+    assert conformal["labels_without_own_threshold"] == []  # ~30 held-out cells of label 0
+    new_p, new_y = shifted_donor(rng, 5000, 0.35)
+    new_p = calibrate(new_p, cal)
+
+    def coverage(sets):
+        return sets[np.arange(new_y.size), new_y].mean()
+
+    one_threshold = prediction_sets(new_p, {"qhat": conformal["qhat"]})
+    union = prediction_sets(new_p, conformal)
+    half_width = 2.576 * np.sqrt(0.9 * 0.1 / new_y.size)
+    assert coverage(one_threshold) < 0.75  # measured 0.72 (the union: 0.93)
+    assert coverage(union) >= 0.9 - half_width
+    # label 0's own threshold is what widens the sets: label 1 is not added to every cell
+    assert conformal["qhat_per_label"][0] > conformal["qhat"]
+    assert union.sum(axis=1).mean() < 3
+
+
 def test_one_donor_is_refused():
     probs = np.full((10, 3), 1 / 3)
     with pytest.raises(Exception, match="at least two donors"):

@@ -602,7 +602,7 @@ def test_build_from_manifest_pbmc_demo(tmp_path):
         "pbmc_demo", out_dir=tmp_path / "bundle", max_epochs=2, scanvi_max_epochs=1
     )
     manifest = bundle.manifest
-    assert (bundle.name, bundle.version) == ("pbmc_demo", "1.6")
+    assert (bundle.name, bundle.version) == ("pbmc_demo", "1.7")
     # the manifest's lineage level becomes the bundle's label hierarchy
     assert manifest["coarse_key"] == "cell_lineage"
     assert manifest["hierarchy"]["CD56+ NK"] == "NK cell"

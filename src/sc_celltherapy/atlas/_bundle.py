@@ -258,7 +258,15 @@ def build(
         else np.array([], dtype=str),
         "levels": gene_levels(counts).astype(np.float32),
     }
-    return write_bundle(out_dir, models, ref_latent, ref_labels, spacing, levels, manifest)
+    held_out = {
+        "probs": probs.astype(np.float32),
+        "y": y,
+        "donors": donors[cells].astype(str),
+        **{f"oor_{c}": v[cells] for c, v in oof.items()},
+    }
+    return write_bundle(
+        out_dir, models, ref_latent, ref_labels, spacing, levels, held_out, manifest
+    )
 
 
 def donor_composition(truth: np.ndarray, donors, labels: list[str]) -> dict:

@@ -99,8 +99,19 @@ FITTERS = {
 
 
 def calibrate(probs: np.ndarray, calibration: dict) -> np.ndarray:
-    """Apply a bundle's fitted calibration (``manifest["calibration"]``) to label probabilities
-    whose columns are in the order of the bundle's labels."""
+    """Apply a bundle's fitted calibration to label probabilities.
+
+    Parameters
+    ----------
+    probs
+        Cells x labels, columns in the order of the bundle's labels.
+    calibration
+        The bundle's ``manifest["calibration"]``.
+
+    Returns
+    -------
+    The calibrated probabilities (rows sum to 1).
+    """
     method, params = calibration["method"], calibration["params"]
     if method == "none":
         return np.asarray(probs, dtype=np.float64)
@@ -164,9 +175,26 @@ def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
 
 
 def prediction_sets(probs: np.ndarray, conformal: dict) -> np.ndarray:
-    """Boolean cells x labels: the labels whose calibrated probability is at least
-    ``1 - qhat`` (never empty: the top label is always in it)."""
-    sets = probs >= 1 - conformal["qhat"] - 1e-12
+    """Conformal label sets: label ``j`` is in a cell's set when its calibrated probability is
+    at least ``1 - max(qhat, qhat_per_label[j])`` (the union of the donor-quantile sets and the
+    class-conditional ones; bundles without ``qhat_per_label`` use ``qhat`` alone).
+
+    Parameters
+    ----------
+    probs
+        Calibrated probabilities, cells x labels.
+    conformal
+        The thresholds: the bundle's ``manifest["calibration"]["conformal"]`` (or its
+        ``["coarse"]`` for coarse probabilities).
+
+    Returns
+    -------
+    Boolean cells x labels; never an empty row (the top label is always in the set).
+    """
+    qhat = np.full(probs.shape[1], conformal["qhat"], dtype=float)
+    if conformal.get("qhat_per_label") is not None:
+        qhat = np.maximum(qhat, np.asarray(conformal["qhat_per_label"], dtype=float))
+    sets = probs >= 1 - qhat[None, :] - 1e-12
     sets[np.arange(probs.shape[0]), probs.argmax(axis=1)] = True
     return sets
 
@@ -184,9 +212,45 @@ def donor_quantile(scores: np.ndarray, donors: np.ndarray, alpha: float) -> floa
     return conformal_quantile(np.array(per_donor), alpha)
 
 
+def label_quantiles(scores: np.ndarray, y: np.ndarray, n_labels: int, alpha: float) -> list:
+    """Class-conditional (Mondrian) thresholds: each label's own conformal ``1 - alpha``
+    quantile of the scores of its held-out cells, so that a new donor's cells of that label
+    are covered at ``1 - alpha`` whatever the donor's mix of labels (a guarantee that holds
+    under label shift: a donor whose cells are a third of a label that is 1% of the
+    reference). A label with fewer held-out cells than the level needs (``1 / alpha - 1``)
+    gets ``None``: it is then covered by the per-donor threshold alone, recorded as such."""
+    out: list = []
+    for j in range(n_labels):
+        s = scores[y == j]
+        enough = s.size and int(np.ceil((s.size + 1) * (1 - alpha))) <= s.size
+        out.append(conformal_quantile(s, alpha) if enough else None)
+    return out
+
+
+def _label_thresholds(scores, y, donors, n_labels: int, alpha: float) -> dict:
+    qhat = donor_quantile(scores, donors, alpha)
+    per_label = label_quantiles(scores, y, n_labels, alpha)
+    return {
+        "qhat": qhat,
+        "qhat_per_label": [qhat if q is None else q for q in per_label],
+        "labels_without_own_threshold": [j for j, q in enumerate(per_label) if q is None],
+    }
+
+
 def coarse_probs(probs: np.ndarray, groups: list) -> tuple[np.ndarray, list[str]]:
-    """Probabilities summed over the fine labels of each coarse label (``groups[j]``: the
-    coarse label of column ``j``); returns them and the coarse labels in column order."""
+    """Probabilities summed over the fine labels of each coarse label.
+
+    Parameters
+    ----------
+    probs
+        Cells x fine labels.
+    groups
+        ``groups[j]``: the coarse label of column ``j``.
+
+    Returns
+    -------
+    The coarse probabilities and the coarse labels in their column order (sorted).
+    """
     names = sorted(set(groups))
     index = np.array([names.index(g) for g in groups])
     out = np.zeros((probs.shape[0], len(names)))
@@ -209,8 +273,8 @@ def fit_across_donors(
     weighs the same in every fit (:func:`donor_weights`). Each method of :data:`FITTERS` is
     scored by nested donor cross-validation (fitted on the other donors, negative
     log-likelihood on the held donor, averaged over donors); the best is refitted on all cells.
-    The label sets' threshold is :func:`donor_quantile` of the scores of cells calibrated
-    without their own donor. Per donor the stored ECE, coverage and set size come from a
+    The label sets' thresholds are :func:`donor_quantile` of the scores of cells calibrated
+    without their own donor, united with each label's own quantile (:func:`label_quantiles`). Per donor the stored ECE, coverage and set size come from a
     calibration and a threshold fitted without that donor; with ``groups`` (each column's
     coarse label), also the ECE of the summed coarse probabilities.
     """
@@ -272,8 +336,8 @@ def fit_across_donors(
         "per_donor": per_donor,
         "n_cells": int(y.size),
         "conformal": {
-            "method": "least ambiguous sets (labels with probability >= 1 - qhat), per-donor "
-            "quantiles",
+            "method": "least ambiguous sets (labels with probability >= 1 - qhat), the union "
+            "of per-donor quantiles and class-conditional (Mondrian) quantiles",
             "alpha": alpha,
             **conformal,
         },
@@ -284,13 +348,14 @@ def _label_sets(held: np.ndarray, y: np.ndarray, donors: np.ndarray, alpha: floa
     """The label sets' threshold from cells calibrated without their donor, and per donor the
     coverage and size of sets whose threshold was fitted without that donor."""
     scores = nonconformity(held, y)
+    n_labels = held.shape[1]
     per_donor = {}
     for d in np.unique(donors):
         out = donors == d
-        qhat = donor_quantile(scores[~out], donors[~out], alpha)
-        sets = prediction_sets(held[out], {"qhat": qhat})
+        thresholds = _label_thresholds(scores[~out], y[~out], donors[~out], n_labels, alpha)
+        sets = prediction_sets(held[out], thresholds)
         per_donor[d] = {
             "coverage": float(np.mean(sets[np.arange(out.sum()), y[out]])),
             "mean_set_size": float(sets.sum(axis=1).mean()),
         }
-    return {"qhat": donor_quantile(scores, donors, alpha), "per_donor": per_donor}
+    return _label_thresholds(scores, y, donors, n_labels, alpha) | {"per_donor": per_donor}

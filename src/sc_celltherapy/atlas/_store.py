@@ -33,6 +33,8 @@ from ..io import file_sha256
 BUNDLE_FORMAT = 6
 MANIFEST = "bundle.json"
 EXPRESSION_LEVELS = "expression_levels.npz"
+# the out-of-fold predictions the calibration, label sets and OOR threshold were fitted on
+HELD_OUT_PREDICTIONS = "held_out_predictions.npz"
 
 
 class BundleError(InputError):
@@ -91,6 +93,18 @@ class ReferenceBundle:
             ids = npz["gene_ids"] if npz["gene_ids"].size else None
             return npz["genes"], ids, npz["levels"]
 
+    def held_out_predictions(self) -> dict[str, np.ndarray]:
+        """The out-of-fold predictions the bundle's calibration, label sets and out-of-reference
+        threshold were fitted on: ``probs`` (uncalibrated, columns in label order), ``y`` (true
+        label's column), ``donors``, and the OOR components ``oor_latent``, ``oor_expression``.
+        With them a calibration method can be re-fitted and compared without retraining."""
+        path = self.path / HELD_OUT_PREDICTIONS
+        if not path.is_file():
+            msg = f"{self.name!r} v{self.version} predates stored held-out predictions; rebuild it."
+            raise BundleError(msg)
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
     def __repr__(self) -> str:
         return (
             f"ReferenceBundle({self.name!r} v{self.version}, {len(self.labels)} labels, "
@@ -99,7 +113,7 @@ class ReferenceBundle:
 
 
 def write_bundle(
-    out_dir: Path, models, latent, labels, spacing, levels: dict, manifest: dict
+    out_dir: Path, models, latent, labels, spacing, levels: dict, held_out: dict, manifest: dict
 ) -> ReferenceBundle:
     """Write into a temporary sibling, hash every file, then rename into place (atomic)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +128,7 @@ def write_bundle(
             spacing=spacing.astype(np.float32),
         )
         np.savez(tmp / EXPRESSION_LEVELS, **levels)
+        np.savez(tmp / HELD_OUT_PREDICTIONS, **held_out)
         manifest["files"] = {
             p.relative_to(tmp).as_posix(): file_sha256(p)
             for p in sorted(tmp.rglob("*"))
@@ -132,7 +147,19 @@ def write_bundle(
 def verify(path: str | os.PathLike) -> ReferenceBundle:
     """Check a bundle's files against its hashes and its versions against this installation.
 
-    Raises :class:`BundleError` naming the changed, missing or extra file, or the versions.
+    Parameters
+    ----------
+    path
+        The bundle directory.
+
+    Returns
+    -------
+    The verified :class:`ReferenceBundle`.
+
+    Raises
+    ------
+    BundleError
+        Naming the changed, missing or extra file, or the versions.
     """
     path = Path(path)
     manifest_path = path / MANIFEST

@@ -1,0 +1,176 @@
+"""Label sets and calibration on donors left out of both: the rules compared on one bundle's
+held-out predictions.
+
+A bundle built on the five dev patients of ``cart_labelled_dev.h5ad`` stores the out-of-fold
+predictions its calibration was fitted on (every cell predicted by models that never saw its
+patient). Here each patient in turn is the new donor, and every three of the other four are
+the bundle's donors: the calibration and the label-set thresholds are fitted on those three
+(``fit_across_donors``, as ``atlas.build`` does) and measured on the new one. The label-set
+rules compared at alpha = 0.1:
+
+- ``one threshold``: the per-donor quantile over all held-out cells (the rule up to pbmc_demo
+  1.6);
+- ``class-conditional``: each label's own quantile (Mondrian), the per-donor one for labels
+  with too few cells;
+- ``union`` (the rule now): a label is in the set if either admits it.
+
+Reported per new donor (mean and worst over the four triples): coverage, mean set size, and
+the ECE of the calibrated top label (15 bins). This isolates the calibration and label-set
+step: the models saw four patients, not three (``mapping_new_donors.py`` retrains per split).
+
+Run: ``python benchmarks/label_sets.py [--work-dir DIR] [--max-epochs E]``; the bundle is
+built once into the work dir (one member) and reused. Writes
+``benchmarks/results/label_sets.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import code_digest, machine, write_json  # noqa: E402
+from mapping import labelled_cells  # noqa: E402
+
+SEED = 0
+ALPHA = 0.1
+RULES = ["one threshold", "class-conditional", "union"]
+
+
+def build_bundle(work: Path, max_epochs: int):
+    import sc_celltherapy as sct
+
+    out = work / "bundle_dev5"
+    if out.exists():
+        return sct.atlas.load(out)
+    cells = labelled_cells()
+    return sct.atlas.build(
+        cells,
+        labels_key="CellType1",
+        batch_key="Patient",
+        name="cart_dev5",
+        version="0",
+        out_dir=out,
+        max_epochs=max_epochs,
+        n_members=1,
+        seed=SEED,
+    )
+
+
+def rule_thresholds(conformal: dict) -> dict[str, dict]:
+    per_label = np.asarray(conformal["qhat_per_label"], dtype=float)
+    own = per_label.copy()
+    own[conformal["labels_without_own_threshold"]] = conformal["qhat"]
+    return {
+        "one threshold": {"qhat": conformal["qhat"]},
+        # qhat = 0 leaves each label on its own threshold alone
+        "class-conditional": {"qhat": 0.0, "qhat_per_label": own.tolist()},
+        "union": conformal,
+    }
+
+
+def evaluate(pred: dict) -> dict:
+    from sc_celltherapy.atlas._calibration import (
+        calibrate,
+        expected_calibration_error,
+        fit_across_donors,
+        prediction_sets,
+    )
+
+    probs, y, donors = pred["probs"].astype(np.float64), pred["y"], pred["donors"].astype(str)
+    probs /= probs.sum(axis=1, keepdims=True)
+    rows = {}
+    for new in np.unique(donors):
+        others = [d for d in np.unique(donors) if d != new]
+        test = donors == new
+        runs = []
+        for triple in itertools.combinations(others, 3):
+            train = np.isin(donors, triple)
+            cal = fit_across_donors(probs[train], y[train], donors[train], alpha=ALPHA)
+            p = calibrate(probs[test], cal)
+            run = {"ece": expected_calibration_error(p, y[test]), "method": cal["method"]}
+            for rule, thresholds in rule_thresholds(cal["conformal"]).items():
+                sets = prediction_sets(p, thresholds)
+                run[rule] = {
+                    "coverage": float(sets[np.arange(test.sum()), y[test]].mean()),
+                    "set_size": float(sets.sum(axis=1).mean()),
+                }
+            runs.append(run)
+        rows[new] = {
+            "n_cells": int(test.sum()),
+            "ece_mean": float(np.mean([r["ece"] for r in runs])),
+            "ece_worst": float(np.max([r["ece"] for r in runs])),
+            "methods": sorted({r["method"] for r in runs}),
+            **{
+                rule: {
+                    "coverage_mean": float(np.mean([r[rule]["coverage"] for r in runs])),
+                    "coverage_worst": float(np.min([r[rule]["coverage"] for r in runs])),
+                    "set_size_mean": float(np.mean([r[rule]["set_size"] for r in runs])),
+                }
+                for rule in RULES
+            },
+        }
+    return rows
+
+
+def print_table(rows: dict) -> None:
+    head = "| donor (cells) | ECE mean / worst | " + " | ".join(
+        f"{r}: coverage mean / worst, size" for r in RULES
+    )
+    print(head + " |")
+    print("|" + " --- |" * (2 + len(RULES)))
+    for d, r in rows.items():
+        cells = [f"{r['ece_mean']:.3f} / {r['ece_worst']:.3f}"] + [
+            f"{r[rule]['coverage_mean']:.3f} / {r[rule]['coverage_worst']:.3f}, "
+            f"{r[rule]['set_size_mean']:.2f}"
+            for rule in RULES
+        ]
+        print(f"| {d} ({r['n_cells']}) | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--max-epochs", type=int, default=200)
+    args = parser.parse_args()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="sct_label_sets_"))
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    bundle = build_bundle(work, args.max_epochs)
+    built = time.perf_counter() - start
+    rows = evaluate(bundle.held_out_predictions())
+    print_table(rows)
+    quoted = {d: r for d, r in rows.items() if r["n_cells"] >= 50}
+    summary = {
+        rule: {
+            "coverage_worst_donor": min(r[rule]["coverage_worst"] for r in quoted.values()),
+            "set_size_mean": float(np.mean([r[rule]["set_size_mean"] for r in quoted.values()])),
+        }
+        for rule in RULES
+    }
+    summary["ece_worst_donor"] = max(r["ece_worst"] for r in quoted.values())
+    summary["ece_mean_donor"] = float(np.mean([r["ece_mean"] for r in quoted.values()]))
+    print("donors with >= 50 cells:", summary)
+    write_json(
+        "label_sets",
+        {
+            "what": __doc__.splitlines()[0],
+            "alpha": ALPHA,
+            "seed": SEED,
+            "bundle": {"n_members": 1, "max_epochs": args.max_epochs, "build_seconds": built},
+            "per_donor": rows,
+            "summary_donors_with_50_cells": summary,
+            "machine": machine(),
+            "code": code_digest(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
