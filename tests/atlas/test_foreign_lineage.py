@@ -66,19 +66,50 @@ def test_t_cell_bundle_is_calibrated_across_its_donors(t_cell_bundle):
     assert cal["conformal"]["coverage_worst_donor"] == pytest.approx(0.8557, abs=0.002)
 
 
-def _mapped(shared_data, name: str, bundle):
-    cells = ad.read_h5ad(shared_data / name)
-    cells.var_names_make_unique()
-    lot = ad.AnnData(X=cells.X.copy(), var=cells.var.copy())
-    lot.obs_names = cells.obs_names
-    sct.tl.map_to_reference(lot, bundle)
-    return lot, marker_truth(cells)
+MARROW = "cart_unsorted_marrow_P01_CAR-T10593344.h5ad"
+BLOOD = "cart_unsorted_blood_P02_CAR-T10310324.h5ad"
+
+
+@pytest.fixture(scope="module")
+def mapped_samples(t_cell_bundle, shared_data):
+    """The unsorted marrow and blood samples mapped onto the T-cell bundle, with their marker
+    truth."""
+    out = {}
+    for name in (MARROW, BLOOD):
+        cells = ad.read_h5ad(shared_data / name)
+        cells.var_names_make_unique()
+        lot = ad.AnnData(X=cells.X.copy(), var=cells.var.copy())
+        lot.obs_names = cells.obs_names
+        sct.tl.map_to_reference(lot, t_cell_bundle)
+        out[name] = (lot, marker_truth(cells))
+    return out
+
+
+def cluster_consistent(lot, truth: np.ndarray) -> np.ndarray:
+    """The marker truth kept only where it agrees with the majority call of the cell's own
+    Leiden cluster in the lot (scanpy defaults, seed 0); -1 elsewhere. One or two UMIs of CD3E
+    or of LYZ + CD14 decide the marker truth, and ambient RNA supplies them."""
+    import scanpy as sc
+
+    x = lot.copy()
+    sc.pp.normalize_total(x, target_sum=1e4)
+    sc.pp.log1p(x)
+    sc.pp.highly_variable_genes(x, n_top_genes=2000)
+    sc.pp.pca(x, n_comps=30, mask_var="highly_variable", random_state=0)
+    sc.pp.neighbors(x, random_state=0)
+    sc.tl.leiden(x, flavor="igraph", n_iterations=2, random_state=0)
+    clusters = x.obs["leiden"].to_numpy()
+    clean = np.full(truth.size, -1)
+    for c in np.unique(clusters):
+        called = (clusters == c) & (truth >= 0)
+        if called.any():
+            majority = int(truth[called].mean() > 0.5)
+            clean[called & (truth == majority)] = majority
+    return clean
 
 
 @pytest.mark.slow
-def test_foreign_lineages_of_the_real_samples_are_called_out_of_reference(
-    t_cell_bundle, shared_data
-):
+def test_foreign_lineages_of_the_real_samples_are_called_out_of_reference(mapped_samples):
     """Monocytes, erythroid and B cells of the unsorted marrow and blood samples against the
     T-cell bundle (measured, deterministic on CPU). The latent ratio alone separates the
     marrow's foreign cells from its T cells at AUROC 0.68; the expression excess sees their
@@ -89,11 +120,11 @@ def test_foreign_lineages_of_the_real_samples_are_called_out_of_reference(
     from sklearn.metrics import roc_auc_score
 
     measured = {
-        "cart_unsorted_marrow_P01_CAR-T10593344.h5ad": (0.9044, 0.6809, 241, 253, 102, 213),
-        "cart_unsorted_blood_P02_CAR-T10310324.h5ad": (0.9999, 0.9022, 47, 47, 11, 766),
+        MARROW: (0.9044, 0.6809, 241, 253, 102, 213),
+        BLOOD: (0.9999, 0.9022, 47, 47, 11, 766),
     }
     for name, (auroc, latent, caught, n_foreign, t_out, n_t) in measured.items():
-        lot, truth = _mapped(shared_data, name, t_cell_bundle)
+        lot, truth = mapped_samples[name]
         scored = truth >= 0
         obs = lot.obs
         assert roc_auc_score(truth[scored], obs["sct_ref_oor_score"][scored]) == pytest.approx(
@@ -108,3 +139,34 @@ def test_foreign_lineages_of_the_real_samples_are_called_out_of_reference(
         # composition is checked against the five donors, and neither sample is flagged
         assert lot.uns["sct_ref"]["composition"]["checked"]
         assert not lot.uns["sct_ref"]["composition"]["far"]
+
+
+@pytest.mark.slow
+def test_marrow_misses_are_marker_truth_that_its_own_clusters_contradict(mapped_samples):
+    """Where the marrow's marker call agrees with its own cluster, the out-of-reference score
+    separates foreign from T cells almost perfectly: the AUROC of 0.90 above is bounded by the
+    marker truth, not by the score. Measured: 39 of the 213 marker-defined T cells sit in
+    myeloid clusters (LYZ, VCAN, MPO; CD3D in 3-5% of their cells), and 26 of the 253 foreign
+    ones in T clusters (BCL11B, IL7R, LEF1). What stays is ambient RNA: the consistent T cells
+    still carry 1-3% of their counts in myeloid genes, and 40% are unassigned."""
+    from sklearn.metrics import roc_auc_score
+
+    lot, truth = mapped_samples[MARROW]
+    clean = cluster_consistent(lot, truth)
+    scored = clean >= 0
+    unassigned = lot.obs["sct_ref_unassigned"].to_numpy()
+    score = lot.obs["sct_ref_oor_score"].to_numpy()
+    measured = {
+        "T cells in foreign clusters": int(((truth == 0) & (clean == -1)).sum()),
+        "foreign cells in T clusters": int(((truth == 1) & (clean == -1)).sum()),
+        "AUROC": round(roc_auc_score(clean[scored], score[scored]), 4),
+        "foreign caught": round(unassigned[clean == 1].mean(), 3),
+        "T unassigned": round(unassigned[clean == 0].mean(), 3),
+    }
+    assert measured == {
+        "T cells in foreign clusters": 39,
+        "foreign cells in T clusters": 26,
+        "AUROC": pytest.approx(0.999, abs=0.002),
+        "foreign caught": pytest.approx(1.0, abs=0.01),
+        "T unassigned": pytest.approx(0.40, abs=0.05),
+    }
