@@ -154,7 +154,10 @@ def _non_integer_message(where, sample, off, frac, adata, layer) -> str:
 def _counts_hint(adata: AnnData, layer: str | None) -> str:
     candidates = [k for k in adata.layers if k != layer]
     if candidates:
-        return f"Name the layer that holds raw counts, e.g. layer={candidates[0]!r} (layers: {candidates})."
+        return (
+            f"Name the layer that holds raw counts, e.g. layer={candidates[0]!r} "
+            f"(--layer {candidates[0]} on the command line; layers: {candidates})."
+        )
     if adata.raw is not None:
         return "Raw counts may be in .raw: use adata.raw.to_adata()."
     return "Load the raw UMI matrix (e.g. Cell Ranger's filtered_feature_bc_matrix)."

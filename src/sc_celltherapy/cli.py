@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     rel.add_argument("--out", type=Path, required=True, help="release directory (must not exist)")
     rel.add_argument("--seed", type=int, default=0)
     rel.add_argument("--batch-key", default=None, help=".obs column with the lot's channels")
+    rel.add_argument(
+        "--layer",
+        default=None,
+        help="layer of an .h5ad lot holding the raw counts when .X is normalised (e.g. counts)",
+    )
     rel.add_argument("--min-gene-overlap", type=float, default=0.5)
     rel.add_argument(
         "--verify-rerun",
@@ -318,6 +323,7 @@ def _cmd_release(args: argparse.Namespace) -> None:
         product=product,
         reference=args.reference,
         batch_key=args.batch_key,
+        layer=args.layer,
         seed=args.seed,
         min_gene_overlap=args.min_gene_overlap,
         verify_rerun=args.verify_rerun,

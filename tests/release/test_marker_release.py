@@ -158,3 +158,38 @@ def _spec_file(tmp_path):
     path = tmp_path / "spec.yaml"
     spec.to_yaml(path)
     return path
+
+
+def test_counts_in_a_layer_are_released_with_layer(marker_release, cart_product_path, tmp_path):
+    """An .h5ad whose .X is normalised and whose counts sit in layers['counts'] (as scanpy
+    users keep them) is refused without --layer, naming the flag, and released with it to the
+    same numbers as the counts file itself; results.json says where the counts came from."""
+    import scanpy as sc
+
+    _, plain = marker_release
+    lot = sct.io.read(cart_product_path)
+    lot.layers["counts"] = lot.X.copy()
+    sc.pp.normalize_total(lot, target_sum=1e4)
+    sc.pp.log1p(lot)
+    path = tmp_path / "normalised.h5ad"
+    lot.write_h5ad(path)
+    base = ["release", str(path), "--product", "car_t_demo", "--reference", "none"]
+    base += ["--lot-id", "P02-L0", "--operator", "tester"]
+    with pytest.raises(sct.InputError, match="--layer counts"):
+        sct.release.run(
+            path,
+            out_dir=tmp_path / "refused",
+            lot_id="x",
+            operator="t",
+            product="car_t_demo",
+            reference="none",
+        )
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "layered"
+    assert main([*base, "--out", str(out), "--layer", "counts"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    sct.release.validate_results(results)
+    assert results["inputs"]["counts"] == "layers['counts']"
+    assert plain["inputs"]["counts"] == ".X"
+    assert results["criteria"] == plain["criteria"]
+    assert results["verdict"] == plain["verdict"] == "FAIL"

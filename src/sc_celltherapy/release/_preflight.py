@@ -35,6 +35,7 @@ class ResolvedInputs:
     out_dir: Path
     read_hashes: dict[str, str]
     read_seconds: float
+    layer: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,8 +56,9 @@ def preflight(
     seed=0,
     audit_log=None,
     reference_sha256=None,
+    layer=None,
 ) -> ResolvedInputs:
-    from .. import atlas, io
+    from .. import atlas
     from .._validate import check_obs_key
     from ..tl._map import check_genes
     from ..tl._purity import check_marker_gates, check_transgene_features
@@ -74,7 +76,8 @@ def preflight(
     profile = resolve_profile(product, spec_obj)
     input_path = Path(input)
     start = time.perf_counter()
-    adata = io.read(input_path)  # missing, corrupt, empty, non-count, duplicate input stop here
+    # missing, corrupt, empty, non-count, duplicate input and an unknown layer stop here
+    adata = read_counts(input_path, layer)
     check_obs_key(adata, batch_key, what="batch column")
     read_hashes[f"input:{input_path.name}"] = adata.uns["sct_input"]["sha256"]
     read_seconds = round(time.perf_counter() - start, 3)
@@ -122,6 +125,7 @@ def preflight(
         out_dir,
         read_hashes,
         read_seconds,
+        layer,
     )
 
 
@@ -159,9 +163,21 @@ def _check_identities(adata, profile: dict | None, spec: Spec, bundle) -> None:
 
 def preflight_again(inputs: ResolvedInputs) -> ResolvedInputs:
     """The inputs of a rerun: the lot read again from disk, everything else as resolved."""
+    adata = read_counts(inputs.input_path, inputs.layer)
+    return ResolvedInputs(**{**inputs.__dict__, "adata": adata})
+
+
+def read_counts(path: Path, layer: str | None):
+    """The lot with its raw counts in ``.X``: from ``.layers[layer]`` when the counts are kept
+    there (an ``.h5ad`` whose ``.X`` is normalised); the normalised ``.X`` is not carried, as
+    every step starts from counts."""
     from .. import io
 
-    return ResolvedInputs(**{**inputs.__dict__, "adata": io.read(inputs.input_path)})
+    adata = io.read(path, layer=layer)
+    if layer is not None:
+        adata.X = adata.layers.pop(layer)
+        adata.uns["sct_input"]["counts_layer"] = layer
+    return adata
 
 
 def check_options(*, seed, min_gene_overlap) -> None:
@@ -211,7 +227,20 @@ def _is_release(folder: Path) -> bool:
 def check_out_dir(out_dir: Path) -> None:
     """Refuse an existing release directory (a dangling link included) or a location that
     cannot be written, with the run's own temporary name (so a name too long for it is
-    refused here, not after the chain has run)."""
+    refused here, not after the chain has run).
+
+    Parameters
+    ----------
+    out_dir
+        The release directory a run would create.
+
+    Raises
+    ------
+    ReleaseExistsError
+        The directory (or a link of that name) exists.
+    InputError
+        Its parent cannot be written, or the name is too long.
+    """
     if os.path.islink(out_dir) and not out_dir.exists():
         msg = (
             f"{out_dir} is a symbolic link to nothing; a release is written as a new directory. "

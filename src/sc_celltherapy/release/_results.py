@@ -99,6 +99,8 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
             "file": inputs.input_path.name,
             "format": src["format"],
             "sha256": src["sha256"],
+            # where the counts were read from: ".X", or the layer named by --layer
+            "counts": f"layers[{src['counts_layer']!r}]" if src.get("counts_layer") else ".X",
             "n_barcodes": int(qc["n_cells_before"]),
             "n_features": int(adata.n_vars),
         },
@@ -194,7 +196,17 @@ def _mapping_record(adata) -> dict[str, Any] | None:
 
 
 def compare_results(first: Mapping, second: Mapping) -> dict[str, Any]:
-    """Whether two results agree outside the per-run key; the top-level keys that differ."""
+    """Whether two results agree outside the per-run key; the top-level keys that differ.
+
+    Parameters
+    ----------
+    first, second
+        Two results.json contents (as dicts), e.g. a release and its ``--verify-rerun``.
+
+    Returns
+    -------
+    ``{"agrees": bool, "differences": [top-level keys that differ]}``.
+    """
     keys = (set(first) | set(second)) - {PER_RUN_KEY}
     differences = sorted(
         k
@@ -205,8 +217,18 @@ def compare_results(first: Mapping, second: Mapping) -> dict[str, Any]:
 
 
 def validate_results(results: Mapping) -> None:
-    """Check a results.json (as a dict) against its shipped JSON Schema
-    (:data:`RESULTS_SCHEMA_FILE`); raises ``jsonschema.ValidationError`` naming the field."""
+    """Check a results.json against its shipped JSON Schema (:data:`RESULTS_SCHEMA_FILE`).
+
+    Parameters
+    ----------
+    results
+        The results.json content, as a dict.
+
+    Raises
+    ------
+    jsonschema.ValidationError
+        Naming the first field that does not fit the schema.
+    """
     import jsonschema
 
     schema = json.loads(RESULTS_SCHEMA_FILE.read_text())

@@ -102,6 +102,7 @@ def run(
     product: str | None = None,
     reference: str | os.PathLike | None = None,
     batch_key: str | None = None,
+    layer: str | None = None,
     seed: int = 0,
     min_gene_overlap: float = 0.5,
     verify_rerun: bool = False,
@@ -132,6 +133,10 @@ def run(
         profile's marker panels alone call identities, and every output says so first.
     batch_key
         Column of ``.obs`` with the lot's channels (pooled for the fractions).
+    layer
+        Layer of an ``.h5ad`` lot that holds the raw counts when ``.X`` does not (e.g.
+        ``"counts"`` beside a normalised ``.X``); the release then works on that layer and
+        results.json records it (``inputs.counts``). ``None``: ``.X``.
     seed
         Seed of every random step (mapping, doublets, clustering). On CPU the same inputs and
         seed give the same results.json outside its ``"run"`` key.
@@ -172,6 +177,7 @@ def run(
         seed=seed,
         audit_log=audit_log,
         reference_sha256=reference_sha256,
+        layer=layer,
     )
     run_id = uuid.uuid4().hex
     started = _now()
@@ -195,6 +201,7 @@ def run(
 
     settings_used = {
         "batch_key": batch_key,
+        "layer": layer,
         "min_gene_overlap": min_gene_overlap,
         "seed": seed,
     }
