@@ -112,6 +112,22 @@ def test_bad_config_is_refused_at_start_up(tmp_path):
     assert "seed" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("product=car_t_dem", "neither a shipped product profile"),
+        ("spec=missing_spec.yaml", "config spec 'missing_spec.yaml' not found"),
+    ],
+    ids=["unknown-product", "missing-spec"],
+)
+def test_unknown_product_or_missing_spec_is_refused_at_start_up(setting, fragment):
+    proc = _snakemake(
+        "--configfile", str(WORKFLOW / "config" / "test.yaml"), "--config", setting, "-n"
+    )
+    assert proc.returncode != 0
+    assert fragment in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
+
+
 def test_reference_none_plans_no_mapping():
     """`reference: none`: no lot is mapped; score reads the QC'd lot; release gets 'none'."""
     proc = _snakemake(

@@ -72,3 +72,22 @@ def all_targets():
 def summary_command():
     lots = " ".join(SAMPLES["lot"])
     return f"sc-celltherapy summary --outdir {OUT} --lots {lots} --out {OUT}/summary.tsv"
+
+
+def check_product_and_spec():
+    """Refuse an unknown product or a missing spec file at start-up, not in every lot's job."""
+    shipped = Path(workflow.basedir).parent / "reference_atlases" / "profiles"
+    names = sorted(p.stem for p in shipped.glob("*.yaml"))
+    product = str(config["product"])
+    if product not in names and not Path(product).is_file():
+        raise ValueError(
+            f"config product {product!r} is neither a shipped product profile ({names}) nor a "
+            "profile YAML file. Fix `product:` in the config (a name, or the path of your "
+            "profile)."
+        )
+    spec = config.get("spec")
+    if spec and not Path(spec).is_file():
+        raise ValueError(
+            f"config spec {spec!r} not found (relative paths start at {Path.cwd()}). Fix "
+            "`spec:` in the config, or set it to null for the profile's example spec."
+        )
