@@ -142,7 +142,17 @@ def _detect_format(path: Path) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of every file under a folder (names and contents, sorted)."""
+    """sha256 of a file, or of every file under a folder (names and contents, sorted).
+
+    Parameters
+    ----------
+    path
+        A file or a folder.
+
+    Returns
+    -------
+    The hex digest.
+    """
     path = Path(path)
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -160,6 +170,11 @@ def guess_species(adata: AnnData) -> str:
 
     Human symbols are upper case (``CD3E``), mouse symbols capitalised (``Cd3e``); Ensembl ids
     start ``ENSG`` / ``ENSMUSG``.
+
+    Parameters
+    ----------
+    adata
+        Any AnnData; ``.var["gene_ids"]`` is read when present, else the var names.
     """
     ids = adata.var["gene_ids"].astype(str) if "gene_ids" in adata.var else adata.var_names
     ids = pd.Index(ids)

@@ -26,6 +26,8 @@ from ._logging import logger
 from ._utils import plain
 from ._validate import InputError
 
+__all__ = ["SPIKE_KEY", "SpikeInResult", "mix", "select_by_markers", "spike_in"]
+
 SPIKE_KEY = "sct_spiked"
 DETECTION_RATE = 0.95
 
@@ -114,7 +116,21 @@ def select_by_markers(
 ) -> np.ndarray:
     """Cells with every ``positive`` gene detected (a count > 0) and no ``negative`` gene: an
     independent marker rule for choosing spike-in cells (e.g. monocytes: LYZ and CD14, not
-    CD3E)."""
+    CD3E).
+
+    Parameters
+    ----------
+    adata
+        Cells with counts in ``.X``.
+    positive
+        Genes that must all be detected.
+    negative
+        Genes none of which may be detected.
+
+    Returns
+    -------
+    Boolean mask of the cells chosen.
+    """
     missing = [g for g in (*positive, *negative) if g not in adata.var_names]
     if missing:
         raise InputError(f"Marker genes {missing} are not in the matrix; check their names.")
@@ -142,8 +158,21 @@ def mix(
     replace: bool = False,
 ) -> AnnData:
     """``n_cells`` cells, ``round(fraction * n_cells)`` of them drawn from ``spike`` and the rest
-    from ``base`` (with replacement when ``replace``, for populations smaller than a mixture);
-    ``obs["sct_spiked"]`` marks the spiked cells."""
+    from ``base``; ``obs["sct_spiked"]`` marks the spiked cells.
+
+    Parameters
+    ----------
+    base, spike
+        The two populations (same genes).
+    fraction
+        The spiked fraction.
+    n_cells
+        Cells in the mixture.
+    rng
+        A :class:`numpy.random.Generator`.
+    replace
+        Draw with replacement (for populations smaller than a mixture).
+    """
     n_spike = int(round(fraction * n_cells))
     n_base = n_cells - n_spike
     for pool, n, name in ((spike, n_spike, "spike"), (base, n_base, "base")):

@@ -68,7 +68,18 @@ def local_outlier_ratio(
 ) -> np.ndarray:
     """A query point's mean distance to its ``k`` nearest reference points over the mean
     ``spacing`` of those neighbours (the idea of Breunig et al. 2000's local outlier factor).
-    About 1 inside the reference wherever it is dense or sparse."""
+    About 1 inside the reference wherever it is dense or sparse.
+
+    Parameters
+    ----------
+    reference, query
+        Points x dimensions (e.g. latent coordinates).
+    spacing
+        Each reference point's mean distance to its own ``k`` nearest reference points
+        (:func:`reference_spacing`).
+    k
+        Neighbours.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     nn = NearestNeighbors(n_neighbors=min(k, reference.shape[0])).fit(reference)
@@ -112,8 +123,16 @@ def gene_levels(counts, quantile: float = GENE_LEVEL_QUANTILE) -> np.ndarray:
 
 def expression_excess(counts, levels: np.ndarray) -> np.ndarray:
     """Share of each cell's counts above the Poisson (1 - EXCESS_TAIL) limit of the reference's
-    level for that gene at the cell's depth, its TRIM_GENES largest genes left out. ``counts``
-    columns are the genes of ``levels``."""
+    level for that gene at the cell's depth, its TRIM_GENES largest genes left out.
+
+    Parameters
+    ----------
+    counts
+        Cells x genes (sparse or dense), columns the genes of ``levels``.
+    levels
+        Each gene's upper level in the reference (counts per 10,000; the bundle's
+        ``expression_levels()``).
+    """
     from scipy.stats import poisson
 
     counts = sp.csr_matrix(counts, dtype=np.float64)
@@ -153,5 +172,14 @@ def fit_oor(components: dict[str, np.ndarray], quantile: float = OOR_QUANTILE) -
 
 
 def combine(components: dict[str, np.ndarray], scales: dict[str, float]) -> np.ndarray:
-    """The larger of the components, each in units of its held-out 99% quantile."""
+    """The out-of-reference score: the larger of the components, each in units of its
+    held-out 99% quantile.
+
+    Parameters
+    ----------
+    components
+        Each component's values per cell (``"latent"``, ``"expression"``).
+    scales
+        Each component's held-out 99% quantile (the bundle's ``manifest["oor"]["scales"]``).
+    """
     return np.max([v / scales[c] for c, v in components.items()], axis=0)

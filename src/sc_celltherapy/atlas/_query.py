@@ -38,9 +38,19 @@ def query_bundle(
     """Map ``query`` (counts on the bundle's genes, its batch and label columns set as
     :func:`sc_celltherapy.tl.map_to_reference` sets them) onto every member of ``bundle``.
 
-    ``train``: whether the query brings batches the reference has not seen (then surgery trains
-    their weights, ``max_epochs`` per member, ``None``: 5-50 by lot size). Member ``i`` uses
-    ``seed + i``.
+    Parameters
+    ----------
+    bundle
+        A loaded reference bundle.
+    query
+        The query AnnData as described above.
+    train
+        Whether the query brings batches the reference has not seen: surgery then trains
+        their weights.
+    max_epochs
+        Surgery epochs per member (``None``: 5-50 by lot size).
+    seed
+        Member ``i`` trains with ``seed + i``.
     """
     n_members = len(bundle.member_dirs)
     epochs = max_epochs if max_epochs is not None else surgery_epochs(query.n_obs, n_members)

@@ -86,6 +86,13 @@ def pbmc_demo_lot(n_cells: int = 1000, *, seed: int = 0) -> AnnData:
     reference (``pbmc_demo``) is built from, so a demo release shows the chain and its outputs,
     not the accuracy of mapping (``benchmarks/`` measures that on held-out patients).
 
+    Parameters
+    ----------
+    n_cells
+        Cells drawn.
+    seed
+        Seed of the draw and the thinning.
+
     Returns
     -------
     AnnData with integer counts in ``.X``, ``obs["planted_identity"]``,

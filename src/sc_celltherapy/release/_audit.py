@@ -136,6 +136,21 @@ def verify_audit(
 ) -> AuditSummary:
     """Check every line of an audit log; raise :class:`AuditError` naming the first bad line.
 
+    Parameters
+    ----------
+    path
+        The audit log (a release's ``audit.jsonl`` or a lab-wide log).
+    expect_last
+        The last line's hash as the lab recorded it at release time.
+    public_key
+        The lab's Ed25519 public key (``audit keygen``).
+
+    Returns
+    -------
+    An :class:`AuditSummary` (records, runs, signatures checked).
+
+    Notes
+    -----
     Detects an edited line (its own hash no longer matches, or the next line's ``prev`` does
     not), a removed or reordered line (``seq`` out of order, ``prev`` mismatch), a line with a
     repeated JSON key (two readers could see two values) and a log cut short (a run whose last

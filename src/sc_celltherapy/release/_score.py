@@ -22,9 +22,25 @@ def identities(adata: AnnData, spec: Spec, profile: dict | None) -> None:
 def score(adata: AnnData, spec: Spec, *, product: str | None = None) -> tl.PurityReport:
     """Identity and purity of a lot (mapped, or QC'd for marker panels) against ``spec``.
 
-    ``product`` is a shipped profile name or a profile YAML; ``None`` uses the spec's product
-    when it is a shipped profile. The same resolution as :func:`sc_celltherapy.release.run`,
-    so the two judge the same classes.
+    The same resolution of spec, profile and target as :func:`sc_celltherapy.release.run`, so
+    the two judge the same classes.
+
+    Parameters
+    ----------
+    adata
+        A lot mapped by :func:`sc_celltherapy.tl.map_to_reference`, or QC'd only when
+        identities come from the profile's marker panels.
+    spec
+        The release specification.
+    product
+        A shipped profile name or a profile YAML; ``None`` uses the spec's product when it is
+        a shipped profile.
+
+    Returns
+    -------
+    The :class:`~sc_celltherapy.tl.PurityReport`; identity and purity are also written to
+    ``adata`` as :func:`~sc_celltherapy.tl.identity_score` and
+    :func:`~sc_celltherapy.tl.assess_purity` write them.
     """
     profile = resolve_profile(product, spec)
     if "sct_ref" not in adata.uns and profile is None:

@@ -20,8 +20,18 @@ class SigningError(InputError):
 
 
 def generate_key(path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write a new Ed25519 private key (PEM, readable by its owner only) to ``path`` and its
-    public key to ``path`` + ``.pub``; refuses to overwrite either. Returns both paths."""
+    """Write a new Ed25519 private key (PEM, readable by its owner only) and its public key.
+
+    Parameters
+    ----------
+    path
+        Where the private key goes; the public key goes to ``path`` + ``.pub``. Neither may
+        exist.
+
+    Returns
+    -------
+    The private and public key paths.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
