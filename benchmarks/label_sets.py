@@ -48,9 +48,9 @@ def build_bundle(work: Path, max_epochs: int):
 
     out = work / "bundle_dev5"
     if out.exists():
-        return sct.atlas.load(out)
+        return sct.atlas.load(out), False
     cells = labelled_cells()
-    return sct.atlas.build(
+    bundle = sct.atlas.build(
         cells,
         labels_key="CellType1",
         batch_key="Patient",
@@ -61,6 +61,7 @@ def build_bundle(work: Path, max_epochs: int):
         n_members=1,
         seed=SEED,
     )
+    return bundle, True
 
 
 def rule_thresholds(conformal: dict) -> dict[str, dict]:
@@ -142,8 +143,8 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="sct_label_sets_"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    bundle = build_bundle(work, args.max_epochs)
-    built = time.perf_counter() - start
+    bundle, built_now = build_bundle(work, args.max_epochs)
+    built = time.perf_counter() - start if built_now else None
     rows = evaluate(bundle.held_out_predictions())
     print_table(rows)
     quoted = {d: r for d, r in rows.items() if r["n_cells"] >= 50}
@@ -163,7 +164,14 @@ def main() -> None:
             "what": __doc__.splitlines()[0],
             "alpha": ALPHA,
             "seed": SEED,
-            "bundle": {"n_members": 1, "max_epochs": args.max_epochs, "build_seconds": built},
+            # build_seconds is None when the work dir's bundle was reused
+            "bundle": {
+                "path": str(bundle.path),
+                "sha256": bundle.sha256,
+                "n_members": 1,
+                "max_epochs": args.max_epochs,
+                "build_seconds": built,
+            },
             "per_donor": rows,
             "summary_donors_with_50_cells": summary,
             "machine": machine(),

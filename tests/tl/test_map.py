@@ -94,8 +94,7 @@ def test_label_sets_and_coarse_calls_on_the_real_product(mapped_product):
     is_t = (obs["sct_ref_label_coarse"] == "T cell").to_numpy()
     np.testing.assert_allclose(obs["sct_ref_prob_coarse"][is_t], probs[is_t][:, t_cols].sum(1))
     # measured (deterministic on CPU): the fine sets of 510 cells span T-cell states the 765-gene
-    # reference cannot tell apart; 4 cells' lineage sets span two lineages (0 before the
-    # class-conditional thresholds widened the sets of labels the reference confuses)
+    # reference cannot tell apart, but every cell's lineage set is a single lineage
     levels = obs["sct_ref_set_level"].value_counts().to_dict()
-    assert levels == {"fine": 220, "coarse": 510, "mixed": 4}
+    assert levels == {"fine": 224, "coarse": 510, "mixed": 0}
     assert int(is_t.sum()) == 704
