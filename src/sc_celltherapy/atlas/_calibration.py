@@ -278,9 +278,10 @@ def fit_across_donors(
     scored by nested donor cross-validation (fitted on the other donors, negative
     log-likelihood on the held donor, averaged over donors); the best is refitted on all cells.
     The label sets' thresholds are :func:`donor_quantile` of the scores of cells calibrated
-    without their own donor, united with each label's own quantile (:func:`label_quantiles`). Per donor the stored ECE, coverage and set size come from a
-    calibration and a threshold fitted without that donor; with ``groups`` (each column's
-    coarse label), also the ECE of the summed coarse probabilities.
+    without their own donor, united with each label's own quantile (:func:`label_quantiles`).
+    Per donor the stored ECE, coverage and set size come from a calibration and thresholds
+    fitted without that donor; with ``groups`` (each column's coarse label), also the ECE of
+    the summed coarse probabilities.
     """
     donors = np.asarray(donors).astype(str)
     names = np.unique(donors)

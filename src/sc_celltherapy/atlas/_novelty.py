@@ -21,11 +21,10 @@ so either piece of evidence can call a cell out of reference.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import scipy.sparse as sp
 
+from .._markers import QUALITY_GENES
 from .._validate import InputError
 
 # The out-of-reference call's false-positive rate: a cell like the held-out reference cells is
@@ -47,8 +46,6 @@ EXCESS_FOLD = 4
 # whose capture varies with chemistry, was 93% of the excess of the real CAR-T product on the
 # PBMC demo reference). The largest TRIM_GENES genes of each cell are not counted.
 TRIM_GENES = 2
-# genes that measure quality, not lineage (human and mouse symbols)
-QUALITY_GENES = re.compile(r"^(MT-|MTRNR|RP[SL]\d|RP[SL]P|Mt-|mt-|Rp[sl]\d)")
 # A component's scale is at least this: with a clean reference 99% of held-out cells may have
 # no excess at all, and 1% of a cell's counts above the reference is still within its noise.
 MIN_SCALE = {"latent": 1e-6, "expression": 0.01}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._markers import QUALITY_GENES
 from .._validate import MissingKeyError
 from ._utils import finish, new_figure
 
@@ -84,9 +84,8 @@ def clusters(
     return finish(fig, axes, show=show, return_fig=return_fig, save=save)
 
 
-# genes that say how well a cell was captured, not what it is: mitochondrial, ribosomal, and the
-# most abundant housekeeping transcripts (human and mouse symbols)
-_QUALITY = re.compile(r"^(MT-|mt-|MTRNR|RP[SL]\d|RP[SL]P|Rp[sl]\d)")
+# the most abundant housekeeping transcripts: like QUALITY_GENES, they name a cluster by how
+# well its cells were captured, not by what they are
 HOUSEKEEPING = frozenset(
     {"ACTB", "ACTG1", "GAPDH", "B2M", "TMSB4X", "TMSB10", "EEF1A1", "TPT1", "FTL", "FTH1"}
     | {"MALAT1", "NEAT1", "UBA52", "FAU", "UBB", "UBC", "PPIA", "MYL6", "HSP90AA1", "HSPA8"}
@@ -95,7 +94,7 @@ HOUSEKEEPING = frozenset(
 
 def is_housekeeping(gene: str) -> bool:
     """Mitochondrial, ribosomal or one of :data:`HOUSEKEEPING` (any case)."""
-    return bool(_QUALITY.match(gene)) or gene.upper() in HOUSEKEEPING
+    return bool(QUALITY_GENES.match(gene)) or gene.upper() in HOUSEKEEPING
 
 
 def cluster_colours(adata: AnnData, key: str) -> list:

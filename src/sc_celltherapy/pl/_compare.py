@@ -45,7 +45,7 @@ def compare_lots(
     Returns
     -------
     ``None`` when the figure is shown; the figure with ``return_fig=True``; the axes with
-    ``show=False``. The figure.
+    ``show=False``.
     """
     if key not in adata.uns:
         raise MissingKeyError(f"adata.uns has no {key!r}: run sct.tl.compare_lots first.")
