@@ -188,7 +188,7 @@ def calls_table(pops) -> tuple[list[dict], dict]:
 
 def sweep(scored) -> list[dict]:
     """Re-decide every scored population at other thresholds from its stored panel scores."""
-    from sc_celltherapy.tl._identities import identity_records
+    from sc_celltherapy.tl._identities import records_by_name
     from sc_celltherapy.tl._identity import _from_markers
     from sc_celltherapy.tl._panels import PanelScore, detected_fraction
 
@@ -201,7 +201,7 @@ def sweep(scored) -> list[dict]:
                 cols = list(info["panel_columns"])
                 scores = lot.obsm["sct_identity_panel_scores"]
                 z = lot.obsm["sct_identity_panel_z"]
-                recs = identity_records(info)
+                recs = records_by_name(info)
                 panels = {
                     c: PanelScore(scores[:, j], z[:, j], list(recs[c]["genes_found"]), [])
                     for j, c in enumerate(cols)

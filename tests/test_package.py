@@ -118,17 +118,9 @@ def test_layers_hold_and_a_violation_breaks_them(tmp_path):
     assert "sc_celltherapy.tl._purity -> sc_celltherapy.release" in broken.stdout
 
 
-# Private imports across subpackages that remain (issue 19, open): the release preflight checks
-# a lot with tl's own identity and gene rules before any heavy work. A new one fails the test;
-# one removed must leave this list too.
-KNOWN_PRIVATE_IMPORTS = {
-    ("release._preflight", "atlas._manifests"),
-    ("release._preflight", "tl._identities"),
-    ("release._preflight", "tl._map"),
-    ("release._preflight", "tl._panels"),
-    ("release._preflight", "tl._purity"),
-    ("release._results", "tl._identities"),
-}
+# No subpackage imports another's private module: tl's pre-flight checks are public
+# (sct.tl.checks). A new private import fails the test.
+KNOWN_PRIVATE_IMPORTS: set[tuple[str, str]] = set()
 
 
 def private_imports(src) -> set[tuple[str, str]]:

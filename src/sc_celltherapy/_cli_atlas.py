@@ -1,4 +1,4 @@
-"""``sc-celltherapy atlas``: list, verify, build and fetch reference bundles."""
+"""``sc-celltherapy atlas``: list, verify, sign, build and fetch reference bundles."""
 
 from __future__ import annotations
 
@@ -7,13 +7,25 @@ from pathlib import Path
 
 
 def add_atlas_commands(sub) -> None:
-    atlas = sub.add_parser("atlas", help="reference bundles: list, verify, build, fetch")
+    atlas = sub.add_parser("atlas", help="reference bundles: list, verify, sign, build, fetch")
     cmds = atlas.add_subparsers(dest="atlas_command", required=True)
     ls = cmds.add_parser("list", help="cached bundles and shipped atlas / profile manifests")
     ls.set_defaults(func=_cmd_atlas_list)
     ver = cmds.add_parser("verify", help="check every hash and the scvi-tools version of a bundle")
     ver.add_argument("bundle", help="bundle directory or name")
+    ver.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        help="the lab's Ed25519 public key: the bundle's signature must hold for it",
+    )
     ver.set_defaults(func=_cmd_atlas_verify)
+    sig = cmds.add_parser("sign", help="sign a verified bundle's hash with the lab's private key")
+    sig.add_argument("bundle", help="bundle directory or name")
+    sig.add_argument(
+        "--key", type=Path, required=True, help="the lab's Ed25519 private key (audit keygen)"
+    )
+    sig.set_defaults(func=_cmd_atlas_sign)
     b = cmds.add_parser("build", help="train scVI + scANVI on a labelled reference, write a bundle")
     b.add_argument("input", type=Path, help="reference with raw counts (.h5ad, 10x .h5 / folder)")
     b.add_argument("--labels-key", required=True, help=".obs column of cell-type labels")
@@ -48,6 +60,16 @@ def _cmd_atlas_verify(args: argparse.Namespace) -> None:
 
     bundle = atlas.load(args.bundle)
     print(f"OK {bundle!r}\n  sha256 {bundle.sha256}")
+    if args.public_key is not None:
+        checked = atlas.check_signature(bundle, args.public_key)
+        print(f"  signed by the key with sha256 {checked['public_key_sha256']}")
+
+
+def _cmd_atlas_sign(args: argparse.Namespace) -> None:
+    from . import atlas
+
+    path = atlas.sign_bundle(atlas.load(args.bundle), args.key)
+    print(f"signed: {path}")
 
 
 def _cmd_atlas_build(args: argparse.Namespace) -> None:

@@ -128,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SHA256",
         help="the qualified bundle's sha256 (results.json: reference.sha256); any other is refused",
     )
+    rel.add_argument(
+        "--reference-public-key",
+        type=Path,
+        default=None,
+        help="the lab's Ed25519 public key: a bundle without the lab's signature is refused",
+    )
     rel.set_defaults(func=_cmd_release)
 
     cmp_ = sub.add_parser(
@@ -330,6 +336,7 @@ def _cmd_release(args: argparse.Namespace) -> None:
         audit_log=args.audit_log,
         sign_key=args.sign_key,
         reference_sha256=args.reference_sha256,
+        reference_public_key=args.reference_public_key,
         progress=_progress,
     )
     print(release_summary(result))

@@ -126,7 +126,7 @@ def test_signed_records_refuse_a_resealed_forgery(tmp_path):
 
     private, public = generate_key(tmp_path / "lab.key")
     assert oct(private.stat().st_mode & 0o777) == "0o600"
-    from sc_celltherapy.release._signing import load_private_key
+    from sc_celltherapy._signing import load_private_key
 
     lab = tmp_path / "lab.jsonl"
     run = AuditLog(lab, operator="a", run_id="run-1", signing_key=load_private_key(private))

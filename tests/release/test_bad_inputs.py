@@ -121,6 +121,102 @@ def test_resealed_bundle_is_refused_when_its_hash_is_pinned(release, demo_bundle
     _expect_refusal(release(reference=resealed, extra=pinned), "not the " + demo_bundle.sha256)
 
 
+@pytest.fixture
+def lab_keys(tmp_path):
+    from sc_celltherapy.release import generate_key
+
+    return generate_key(tmp_path / "lab.key")
+
+
+@pytest.fixture
+def signed_bundle(demo_bundle, lab_keys, tmp_path):
+    from sc_celltherapy import atlas
+
+    signed = tmp_path / "signed"
+    shutil.copytree(demo_bundle.path, signed)
+    atlas.sign_bundle(signed, lab_keys[0])
+    return signed
+
+
+def test_a_signed_bundle_verifies_and_keeps_its_hash(signed_bundle, demo_bundle, lab_keys):
+    """The signature sits beside bundle.json, not in it: the bundle still verifies (it is not
+    an extra file) and its hash, which a lab may have pinned, is unchanged."""
+    from sc_celltherapy import atlas
+
+    bundle = atlas.load(signed_bundle)
+    assert bundle.sha256 == demo_bundle.sha256
+    checked = atlas.check_signature(bundle, lab_keys[1])
+    assert checked["checked"] and len(checked["public_key_sha256"]) == 64
+    with pytest.raises(atlas.BundleError, match="never overwritten"):
+        atlas.sign_bundle(signed_bundle, lab_keys[0])
+
+
+def test_resealed_signed_bundle_is_refused_with_the_lab_key(
+    release, signed_bundle, lab_keys, tmp_path
+):
+    """The re-sealing attack without a pinned hash: the lab's public key catches it, because
+    the forger cannot sign the new bundle.json."""
+    import json
+
+    from sc_celltherapy import atlas
+    from sc_celltherapy.atlas._store import manifest_digest
+
+    manifest = json.loads((signed_bundle / "bundle.json").read_text())
+    manifest["oor"]["threshold"] = 99.0
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (signed_bundle / "bundle.json").write_text(json.dumps(manifest, indent=2))
+    assert atlas.load(signed_bundle).manifest["oor"]["threshold"] == 99.0  # verifies alone
+    key = ["--reference-public-key", str(lab_keys[1])]
+    _expect_refusal(release(reference=signed_bundle, extra=key), "signature does not hold")
+
+
+def test_unsigned_or_other_keys_bundle_is_refused(release, demo_bundle, signed_bundle, tmp_path):
+    from sc_celltherapy.release import generate_key
+
+    _, other_public = generate_key(tmp_path / "other.key")
+    key = ["--reference-public-key", str(other_public)]
+    _expect_refusal(release(reference=signed_bundle, extra=key), "signature does not hold")
+    _expect_refusal(release(reference=demo_bundle.path, extra=key), "is not signed")
+    no_ref = [*key, "--reference", "none"]
+    _expect_refusal(release(extra=no_ref), "no reference to check")
+
+
+def test_the_checked_signature_is_what_the_release_records(
+    signed_bundle, lab_keys, small_lot, demo_spec
+):
+    from sc_celltherapy.release._preflight import preflight
+
+    def resolved(public_key):
+        return preflight(
+            small_lot[0],
+            out_dir=signed_bundle.parent / "out",
+            lot_id="L",
+            operator="o",
+            spec=demo_spec,
+            product="car_t_demo",
+            reference=signed_bundle,
+            batch_key=None,
+            min_gene_overlap=0.5,
+            reference_public_key=public_key,
+        ).reference_signature
+
+    assert resolved(None) == {"checked": False}
+    checked = resolved(lab_keys[1])
+    assert checked["checked"] and checked["public_key_sha256"] == _fingerprint(lab_keys[1])
+
+
+def _fingerprint(public_key_path) -> str:
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(public_key_path.read_bytes())
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
 def test_output_directory_exists(release, tmp_path):
     out = tmp_path / "existing"
     out.mkdir()
@@ -152,6 +248,43 @@ def test_zero_cells_after_qc(release, tmp_path, small_lot):
     X.eliminate_zeros()
     lot.X = X
     _expect_refusal(release(_write(tmp_path, lot)), "QC would remove all")
+
+
+@pytest.mark.parametrize("n_cells", [1, 9])
+def test_lot_too_small_to_release(release, tmp_path, small_lot, n_cells):
+    """One cell crashed the QC plot's histogram after the chain had started; nine reached
+    mapping and only clustering refused them."""
+    lot = small_lot[1][:n_cells].copy()
+    _expect_refusal(release(_write(tmp_path, lot)), f"Only {n_cells} barcode(s) in the input")
+
+
+def test_too_few_cells_left_after_qc_is_refused_before_mapping(release, tmp_path, small_lot):
+    lot = small_lot[1].copy()
+    rng = np.random.default_rng(0)
+    X = lot.X.tocsr().astype(np.float32)
+    order = np.argsort(-np.diff(X.indptr))  # the five richest cells stay whole
+    lot = lot[order].copy()
+    X = X[order]
+    thinned = X[5:].copy()
+    thinned.data = rng.binomial(thinned.data.astype(np.int64), 0.15).astype(np.float32)
+    lot.X = sp.vstack([X[:5], thinned]).tocsr()
+    lot.X.eliminate_zeros()
+    code, err, out = release(_write(tmp_path, lot))
+    _expect_refusal((code, err, out), "cell(s) left after QC")
+    assert "[3/" not in err  # no mapping step was started
+
+
+def test_all_cells_with_the_same_few_genes(release, tmp_path, small_lot):
+    """Every cell holding only the lot's five largest genes used to crash; QC refuses it and
+    names the genes-per-cell criterion."""
+    lot = small_lot[1].copy()
+    X = lot.X.tocsc()
+    keep = np.argsort(-np.asarray(X.sum(axis=0)).ravel())[:5]
+    mask = np.zeros(X.shape[1], dtype=np.float32)
+    mask[keep] = 1
+    lot.X = sp.csr_matrix(X @ sp.diags(mask))
+    lot.X.eliminate_zeros()
+    _expect_refusal(release(_write(tmp_path, lot)), "'sct_low_quality_genes': 300")
 
 
 def test_duplicate_barcodes(release, tmp_path, small_lot):

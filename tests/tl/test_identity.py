@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 import sc_celltherapy as sct
-from sc_celltherapy.tl._identities import identity_records
+from sc_celltherapy.tl._identities import records_by_name
 from sc_celltherapy.tl._identity import MARKER_METHOD
 from sc_celltherapy.tl._panels import within_cell_percentiles
 
@@ -149,7 +149,7 @@ def test_target_panel_missing_is_refused_and_others_not_assessed(cart_cells):
     sct.tl.identity_score(without_nk, profile="car_t_demo")
     info = without_nk.uns["sct_identity"]
     assert info["not_assessed"] == ["NK cells"]
-    assert identity_records(info)["NK cells"]["genes_found"] == ["KLRF1", "GNLY"]
+    assert records_by_name(info)["NK cells"]["genes_found"] == ["KLRF1", "GNLY"]
     assert "NK cells" not in set(without_nk.obs["sct_identity_class"].astype(str))
 
 
@@ -240,7 +240,7 @@ def test_reference_identity_of_the_car_t_product(mapped_product):
 def test_target_given_as_reference_labels(mapped_product):
     lot = mapped_product.copy()
     sct.tl.identity_score(lot, target=["CD8+ Cytotoxic T", "CD4+/CD45RO+ Memory"])
-    identities = identity_records(lot.uns["sct_identity"])
+    identities = records_by_name(lot.uns["sct_identity"])
     # without a profile every other reference label is an off-target identity of its own
     assert "CD19+ B" in identities and identities["CD19+ B"]["class"] == "off_target"
     with pytest.raises(sct.InputError, match="neither a reference label nor the profile"):
@@ -286,6 +286,6 @@ def test_residual_pluripotent_limit_needs_the_detectors_genes(cart_cells):
     sct.tl.identity_score(cells, profile="ipsc_nk_t_car")
     info = cells.uns["sct_identity"]
     assert "residual undifferentiated cells" in info["not_assessed"]
-    assert identity_records(info)["residual undifferentiated cells"].get("called_by") is None
+    assert records_by_name(info)["residual undifferentiated cells"].get("called_by") is None
     with pytest.raises(sct.InputError, match="no data for it"):
         sct.tl.assess_purity(cells, sct.release.Spec.from_profile("ipsc_nk_t_car"))

@@ -3,25 +3,36 @@
 from ._bundle import UNLABELED, build
 from ._calibration import calibrate, coarse_probs, prediction_sets
 from ._download import FetchError, HashMismatchError, fetch
-from ._manifests import ManifestError, list_manifests, load_manifest, load_profile, validate
+from ._manifests import (
+    ManifestError,
+    list_manifests,
+    load_manifest,
+    load_profile,
+    manifest_path,
+    validate,
+)
 from ._novelty import combine as combine_oor
 from ._novelty import expression_excess, local_outlier_ratio
 from ._query import QueryResult, query_bundle
 from ._recipe import build_from_manifest
 from ._registry import list_bundles as list  # noqa: A001  (sct.atlas.list(), as the issue names it)
 from ._registry import load
+from ._signature import check_signature, sign_bundle
 from ._store import BundleError, ReferenceBundle, verify
 
 __all__ = [
     "build",
     "load",
     "verify",
+    "sign_bundle",
+    "check_signature",
     "list",
     "ReferenceBundle",
     "BundleError",
     "list_manifests",
     "load_manifest",
     "load_profile",
+    "manifest_path",
     "validate",
     "fetch",
     "build_from_manifest",

@@ -321,7 +321,16 @@ def validate(
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve(name: str | os.PathLike, kind: Kind) -> Path:
+def manifest_path(name: str | os.PathLike, kind: Kind) -> Path:
+    """The YAML file of a shipped manifest or a path given, refused when it is neither.
+
+    Parameters
+    ----------
+    name
+        Name of a shipped manifest (``sct.atlas.list_manifests()``) or the path of a YAML file.
+    kind
+        ``"atlas"`` or ``"profile"``.
+    """
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
@@ -347,7 +356,7 @@ def load_manifest(name: str | os.PathLike) -> dict:
     -------
     The validated manifest (see ``reference_atlases/schemas/atlas.schema.yaml``).
     """
-    return validate(_resolve(name, "atlas"), "atlas")
+    return validate(manifest_path(name, "atlas"), "atlas")
 
 
 def load_profile(name: str | os.PathLike) -> dict:
@@ -363,7 +372,7 @@ def load_profile(name: str | os.PathLike) -> dict:
     The validated profile (see ``reference_atlases/schemas/profile.schema.yaml``); its
     ``example_spec`` is an example, never a regulatory limit.
     """
-    return validate(_resolve(name, "profile"), "profile")
+    return validate(manifest_path(name, "profile"), "profile")
 
 
 def list_manifests() -> pd.DataFrame:

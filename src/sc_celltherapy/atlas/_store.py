@@ -8,6 +8,7 @@ A bundle is a directory::
     reference_latent.npz   each member's latent coordinates of the training cells, and their
                            labels (for the out-of-reference score)
     expression_levels.npz  each gene's upper level in the reference (the expression excess)
+    bundle.sig             optional: the lab's signature of the bundle's hash (``_signature``)
 
 :func:`verify` checks every hash and the scvi-tools version before anything is used.
 """
@@ -35,6 +36,7 @@ MANIFEST = "bundle.json"
 EXPRESSION_LEVELS = "expression_levels.npz"
 # the out-of-fold predictions the calibration, label sets and OOR threshold were fitted on
 HELD_OUT_PREDICTIONS = "held_out_predictions.npz"
+SIGNATURE = "bundle.sig"  # beside the manifest, not in it: signing leaves the bundle's hash as is
 
 
 class BundleError(InputError):
@@ -179,7 +181,7 @@ def verify(path: str | os.PathLike) -> ReferenceBundle:
         )
         raise BundleError(msg)
     present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    present.discard(MANIFEST)
+    present -= {MANIFEST, SIGNATURE}
     missing = sorted(set(files) - present)
     extra = sorted(present - set(files))
     if missing:

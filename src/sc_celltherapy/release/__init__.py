@@ -1,12 +1,12 @@
 """Release of a lot: the spec it is judged against, the run that judges it, its report and audit."""
 
+from .._signing import SigningError, generate_key
 from .._spec import IMPURITY_CLASSES, Spec, SpecError
 from ._audit import AuditError, AuditLog, verify_audit
 from ._preflight import check_out_dir
 from ._results import validate_results
 from ._run import Release, ReleaseExistsError, compare_results, run
 from ._score import score
-from ._signing import SigningError, generate_key
 from ._summary import summarize
 
 __all__ = [

@@ -36,6 +36,7 @@ class ResolvedInputs:
     read_hashes: dict[str, str]
     read_seconds: float
     layer: str | None = None
+    reference_signature: dict | None = None  # what was checked of the bundle's signature
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,12 +57,18 @@ def preflight(
     seed=0,
     audit_log=None,
     reference_sha256=None,
+    reference_public_key=None,
     layer=None,
 ) -> ResolvedInputs:
     from .. import atlas
     from .._validate import check_obs_key
-    from ..tl._map import check_genes
-    from ..tl._purity import check_marker_gates, check_transgene_features
+    from ..tl.checks import (
+        check_enough_cells,
+        check_genes,
+        check_marker_gates,
+        check_spec_identities,
+        check_transgene_features,
+    )
 
     check_options(seed=seed, min_gene_overlap=min_gene_overlap)
     out_dir = Path(out_dir).absolute()
@@ -79,6 +86,7 @@ def preflight(
     # missing, corrupt, empty, non-count, duplicate input and an unknown layer stop here
     adata = read_counts(input_path, layer)
     check_obs_key(adata, batch_key, what="batch column")
+    check_enough_cells(adata, what="barcode(s) in the input")
     read_hashes[f"input:{input_path.name}"] = adata.uns["sct_input"]["sha256"]
     read_seconds = round(time.perf_counter() - start, 3)
     if reference is None and profile is not None and profile.get("atlas") is None:
@@ -91,12 +99,18 @@ def preflight(
             )
             raise InputError(msg)
         reference = profile["atlas"]
-    bundle = None
+    bundle, signature = None, None
     if str(reference).lower() == NO_REFERENCE:
         if profile is None:
             msg = (
                 "Without a reference, identities come from a product profile's marker panels: "
                 "pass --product (a shipped name or the path of your profile YAML)."
+            )
+            raise InputError(msg)
+        if reference_public_key is not None:
+            msg = (
+                "A reference public key was given, but there is no reference to check: pass "
+                "--reference with the signed bundle, or drop --reference-public-key."
             )
             raise InputError(msg)
     else:
@@ -110,9 +124,12 @@ def preflight(
             )
             raise atlas.BundleError(msg)
         read_hashes[f"reference:{bundle.name}"] = bundle.sha256
+        signature = {"checked": False}
+        if reference_public_key is not None:
+            signature = atlas.check_signature(bundle, reference_public_key)
         # refusal only here; the low-overlap warning comes from the mapping step, into the results
         check_genes(adata, bundle, min_gene_overlap=min_gene_overlap, warn_gene_overlap=0.0)
-    _check_identities(adata, profile, spec_obj, bundle)
+    check_spec_identities(adata, profile, spec_obj, bundle)
     check_transgene_features(adata, spec_obj)
     check_marker_gates(adata, spec_obj)
     return ResolvedInputs(
@@ -126,39 +143,8 @@ def preflight(
         read_hashes,
         read_seconds,
         layer,
+        signature,
     )
-
-
-def _check_identities(adata, profile: dict | None, spec: Spec, bundle) -> None:
-    """The spec names only identities the profile and reference know; without a reference the
-    target's marker panel must be in the lot."""
-    from ..tl._identities import (
-        RESIDUAL_PLURIPOTENT,
-        UNASSIGNED,
-        check_target_coverage,
-        panel_coverage,
-        resolve_identities,
-    )
-    from ..tl._panels import MIN_FRACTION_FOUND, MIN_GENES_FOUND
-
-    labels = [] if bundle is None else list(bundle.labels)
-    hierarchy = {} if bundle is None else bundle.manifest.get("hierarchy") or {}
-    coarse = [hierarchy.get(lab) for lab in labels]
-    identities = resolve_identities(profile, list(spec.target), labels, coarse)
-    known = {i["name"] for i in identities} | set(labels) | set(hierarchy.values())
-    known |= {UNASSIGNED, RESIDUAL_PLURIPOTENT}
-    parts = []
-    if bundle is not None:
-        parts.append(f"the reference {bundle.name!r}")
-    if profile is not None:
-        parts.append(f"profile {profile['name']!r}")
-    where = " and ".join(parts) + ("" if bundle is not None else " (marker panels, no reference)")
-    spec.check_identities(known, where=where)
-    if bundle is None:
-        coverage = panel_coverage(
-            adata, identities, min_genes=MIN_GENES_FOUND, min_fraction=MIN_FRACTION_FOUND
-        )
-        check_target_coverage(coverage.get(identities[0]["name"]), identities[0]["name"])
 
 
 def preflight_again(inputs: ResolvedInputs) -> ResolvedInputs:
@@ -281,11 +267,10 @@ def _resolve_spec(spec, product) -> tuple[Spec, str, dict[str, str]]:
 
 
 def _load_profile(name: str) -> dict:
-    from ..atlas import load_profile
-    from ..atlas._manifests import _resolve
+    from ..atlas import load_profile, manifest_path
 
     try:
-        path = _resolve(name, "profile")
+        path = manifest_path(name, "profile")
     except InputError as err:
         raise InputError(f"Unknown product {name!r}: {err}") from err
     return load_profile(path)

@@ -53,7 +53,7 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
         "lot_id": lot_id,
         "product": inputs.spec.product,
         "verdict": report.verdict,
-        "identity": identity_record(adata.uns["sct_identity"], inputs.bundle),
+        "identity": identity_record(adata, inputs.bundle),
         "criteria": criteria,
         "purity": purity,
         "detection": {
@@ -82,6 +82,7 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
             "name": inputs.bundle.name,
             "version": inputs.bundle.version,
             "sha256": inputs.bundle.sha256,
+            "signature": inputs.reference_signature,
             "calibration": _reliability(inputs.bundle.manifest),
         },
         "spec": {
@@ -111,12 +112,13 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
     return plain(results)
 
 
-def identity_record(info: Mapping, bundle) -> dict[str, Any]:
+def identity_record(adata, bundle) -> dict[str, Any]:
     """How identities were called, stated first in results.json and the report: the method,
     the rules and thresholds, and per identity the panel genes used, missing and whether it was
     assessed."""
-    from ..tl._identities import identity_records
+    from ..tl import identity_records
 
+    info = adata.uns["sct_identity"]
     if bundle is None:
         statement = (
             "Identity comes from the product profile's marker panels alone, with no reference "
@@ -146,7 +148,7 @@ def identity_record(info: Mapping, bundle) -> dict[str, Any]:
                 "genes_found": list(rec.get("genes_found", [])),
                 "genes_missing": list(rec.get("genes_missing", [])),
             }
-            for name, rec in identity_records(info).items()
+            for name, rec in identity_records(adata).items()
         },
         "not_assessed": list(info.get("not_assessed", [])),
     }

@@ -27,11 +27,13 @@ from .. import _interrupt as interrupt
 from .._display import html_table, interval, pct, text_table
 from .._logging import logger, timed
 from .._provenance import hardware, peak_memory_mb
+from .._signing import load_private_key
 from .._spec import Spec
 from .._utils import plain
 from ..io import file_sha256
 from ..pp import QCWarning
 from ..tl import IdentityWarning, MappingWarning
+from ..tl.checks import check_enough_cells
 from ._audit import AUDIT_FILE, AuditLog
 from ._preflight import ReleaseExistsError, ResolvedInputs, preflight, preflight_again
 from ._results import (
@@ -41,7 +43,6 @@ from ._results import (
     spec_digest,
 )
 from ._score import identities
-from ._signing import load_private_key
 
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
 # inside a partial directory: "<host> <pid>" of the run writing it (removed before the rename)
@@ -109,6 +110,7 @@ def run(
     audit_log: str | os.PathLike | None = None,
     sign_key: str | os.PathLike | None = None,
     reference_sha256: str | None = None,
+    reference_public_key: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Release:
     """Release one lot: read, QC, map, score identity, assess purity, write the report.
@@ -154,6 +156,10 @@ def run(
     reference_sha256
         The qualified bundle's sha256 (its bundle.json, as results.json records it): any other
         bundle, a re-sealed one included, is refused before work.
+    reference_public_key
+        The lab's Ed25519 public key: the bundle must carry the lab's signature of its hash
+        (``sc-celltherapy atlas sign``), or it is refused before work. results.json records
+        whether and with which key the signature was checked (``reference.signature``).
     progress
         Called with one line per step (the command prints them).
 
@@ -177,6 +183,7 @@ def run(
         seed=seed,
         audit_log=audit_log,
         reference_sha256=reference_sha256,
+        reference_public_key=reference_public_key,
         layer=layer,
     )
     run_id = uuid.uuid4().hex
@@ -302,6 +309,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         pp.doublets(adata, batch_key=batch_key, random_state=seed)
         qc_png = _png(pl.qc(adata, return_fig=True))  # drawn before the flagged cells are removed
         pp.filter_cells(adata)  # refuses when no cell would be left
+        check_enough_cells(adata, what="cell(s) left after QC")  # before mapping, not after
     qc = adata.uns["sct_qc"]
     audit(
         "qc", n_barcodes=qc["n_cells_before"], n_after=qc["n_cells_after"], removed=qc["n_removed"]

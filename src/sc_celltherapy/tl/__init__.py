@@ -1,7 +1,9 @@
 """Tools: clustering, mapping, identity and purity of a lot."""
 
+from . import checks
 from ._cluster import cluster
 from ._compare import LotComparison, compare_lots
+from ._identities import identity_records
 from ._identity import IdentityWarning, identity_score
 from ._map import MappingWarning, map_to_reference
 from ._purity import PurityReport, assess_purity
@@ -11,9 +13,11 @@ __all__ = [
     "map_to_reference",
     "MappingWarning",
     "identity_score",
+    "identity_records",
     "IdentityWarning",
     "assess_purity",
     "PurityReport",
     "compare_lots",
     "LotComparison",
+    "checks",
 ]

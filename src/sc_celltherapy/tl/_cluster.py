@@ -10,6 +10,9 @@ from .._logging import timed
 from .._utils import EXACT_KNN_MAX_CELLS, uns_safe
 from .._validate import InputError, check_lot, get_matrix
 
+# Fewer cells give no neighbourhood graph worth the name (15 neighbours by default).
+MIN_CELLS_TO_CLUSTER = 10
+
 LOGNORM_LAYER = "sct_lognorm"
 
 
@@ -87,8 +90,11 @@ def cluster(
     if use_rep is not None and use_rep not in adata.obsm:
         msg = f"use_rep={use_rep!r} not in adata.obsm (has {list(adata.obsm)}); use None for PCA."
         raise InputError(msg)
-    if adata.n_obs < 10:
-        msg = f"Only {adata.n_obs} cells: too few to cluster (at least 10 are needed)."
+    if adata.n_obs < MIN_CELLS_TO_CLUSTER:
+        msg = (
+            f"Only {adata.n_obs} cells: too few to cluster (at least {MIN_CELLS_TO_CLUSTER} are "
+            "needed)."
+        )
         raise InputError(msg)
 
     with timed("normalise and log"):

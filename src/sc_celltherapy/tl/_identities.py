@@ -17,8 +17,25 @@ AMBIGUOUS = "ambiguous"
 RESIDUAL_PLURIPOTENT = "residual pluripotent"
 
 
-def identity_records(info: Mapping) -> dict[str, dict]:
-    """``uns["sct_identity"]["identities"]`` by identity name, in the profile's order."""
+def identity_records(adata: AnnData) -> dict[str, dict]:
+    """A lot's identity records by identity name, in the profile's order: the method, panel
+    genes used and missing, class and whether it was assessed, as :func:`identity_score` stored
+    them.
+
+    Parameters
+    ----------
+    adata
+        A lot after :func:`identity_score` (read from ``uns["sct_identity"]``).
+
+    Returns
+    -------
+    Identity name to its record (a new dict each call).
+    """
+    return records_by_name(adata.uns["sct_identity"])
+
+
+def records_by_name(info: Mapping) -> dict[str, dict]:
+    """``uns["sct_identity"]["identities"]`` (keyed by position for h5ad) by identity name."""
     stored = info["identities"]
     return {stored[k]["name"]: dict(stored[k]) for k in sorted(stored, key=int)}
 
@@ -26,7 +43,7 @@ def identity_records(info: Mapping) -> dict[str, dict]:
 def impurity_classes(info: Mapping) -> dict[str, str]:
     """Identity name to impurity class (``target``, ``off_target``, ``residual_pluripotent``),
     the pluripotency detector's calls included."""
-    out = {name: rec["class"] for name, rec in identity_records(info).items()}
+    out = {name: rec["class"] for name, rec in records_by_name(info).items()}
     return out | {info["pluripotent_name"]: "residual_pluripotent"}
 
 

@@ -18,7 +18,7 @@ from .._spec import DETECTION_RULE, Spec
 from .._utils import plain, uns_safe
 from .._validate import InputError, MissingKeyError, check_counts, gene_columns, get_matrix
 from . import _cell_cycle
-from ._identities import AMBIGUOUS, TARGET, UNASSIGNED, identity_records, impurity_classes
+from ._identities import AMBIGUOUS, TARGET, UNASSIGNED, impurity_classes, records_by_name
 from ._panels import MIN_PANEL_GENES as _PLURI_MIN_GENES
 
 LEVEL = 0.95
@@ -216,7 +216,7 @@ def assess_purity(
         msg = f"adata.obs has no {class_col!r}: run sct.tl.identity_score before assess_purity."
         raise MissingKeyError(msg)
     info = adata.uns[identity_key]
-    records = identity_records(info)
+    records = records_by_name(info)
     known = set(records) | set(info["target"]) | {info["target_name"]}
     spec.check_identities(known, where=f"the identity scoring (profile {info.get('profile')})")
     assessed, n_barcodes, qc_excluded, notes = _assessed_cells(adata)

@@ -1,10 +1,11 @@
-"""A lab's Ed25519 key: who may seal audit records, and how anyone checks the seal.
+"""A lab's Ed25519 key: who may seal audit records and reference bundles, and how anyone checks
+the seal.
 
-The hash chain (:mod:`._audit`) shows a log was not edited in place; it cannot show that
-someone who rewrote a record also recomputed every hash after it. A signature can: each record's
-hash is signed with the lab's private key, which the release host holds and a forger does not,
-and ``audit verify --public-key`` checks every signature with the public key, which can be
-shared freely.
+A hash shows a file was not edited in place; it cannot show that someone who rewrote a record
+(or a bundle's manifest) did not also recompute its hash. A signature can: the hash is signed
+with the lab's private key, which the release host holds and a forger does not, and anyone
+checks it with the public key, which can be shared freely (``audit verify --public-key``,
+``release --reference-public-key``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .._validate import InputError
+from ._validate import InputError
 
 
 class SigningError(InputError):
@@ -88,6 +89,18 @@ def _load(path, loader, **kwargs):
         return loader(path.read_bytes(), **kwargs)
     except (ValueError, TypeError) as err:
         raise SigningError(f"{path} is not a PEM key this package can read ({err}).") from err
+
+
+def fingerprint(public_key) -> str:
+    """sha256 of the public key's DER bytes: which key signed, recorded with the result."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
 
 
 def sign(key, digest: str) -> str:
