@@ -63,6 +63,14 @@ def test_empty_matrix(release, tmp_path, small_lot):
     _expect_refusal(release(_write(tmp_path, small_lot[1][:0].copy())), "matrix is empty")
 
 
+def test_x_none_with_counts_in_a_layer_names_the_layer(release, tmp_path, small_lot):
+    import anndata as ad
+
+    lot = ad.AnnData(obs=small_lot[1].obs.copy(), var=small_lot[1].var.copy())
+    lot.layers["counts"] = small_lot[1].X.copy()
+    _expect_refusal(release(_write(tmp_path, lot)), "--layer counts")
+
+
 def test_log_normalised_values(release, tmp_path, small_lot):
     lot = small_lot[1].copy()
     lot.X = sp.csr_matrix(np.log1p(lot.X.toarray() / lot.X.sum(1).A * 1e4))
