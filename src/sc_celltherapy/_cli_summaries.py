@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ._keys import KEYS
+
 
 def map_summary(adata) -> str:
-    rec = adata.uns["sct_ref"]
+    rec = adata.uns[KEYS.REF]
     lines = [
         f"Mapped onto {rec['bundle']} v{rec['version']} (sha256 {rec['sha256'][:12]}...), "
         f"gene overlap {rec['gene_overlap']:.1%}",
@@ -48,7 +50,7 @@ def release_summary(result) -> str:
 
 
 def qc_summary(adata) -> str:
-    record = adata.uns.get("sct_qc", {})
+    record = adata.uns.get(KEYS.QC, {})
     lines = ["QC summary", f"  cells before QC   {record.get('n_cells_before', adata.n_obs):>7}"]
     for key, n in record.get("n_removed", {}).items():
         lines.append(f"  flagged {key:<30} {n:>7}")
@@ -57,7 +59,7 @@ def qc_summary(adata) -> str:
 
 
 def cluster_summary(adata, label_key: str | None = None) -> str:
-    key = "sct_cluster"
+    key = KEYS.CLUSTER
     markers = adata.uns.get(f"{key}_markers")
     header = f"{'cluster':>7} {'cells':>6}  {'top markers':<34}"
     if label_key:

@@ -15,6 +15,7 @@ from . import _interrupt as interrupt
 from ._cli_atlas import add_atlas_commands
 from ._cli_audit import add_audit_commands
 from ._cli_summaries import cluster_summary, map_summary, qc_summary, release_summary
+from ._keys import KEYS
 from ._logging import logger
 from ._settings import settings
 from ._validate import InputError
@@ -383,7 +384,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     for path in args.history:
         lot = ad.read_h5ad(path)
         # a release's lot.h5ad knows its lot id; other files go by their name
-        history[lot.uns.get("sct_release", {}).get("lot_id", path.stem)] = lot
+        history[lot.uns.get(KEYS.RELEASE, {}).get("lot_id", path.stem)] = lot
     result = tl.compare_lots(new, history, spec=spec, seed=args.seed)
     args.out.write_text(json.dumps({"new": str(args.new), **result.to_dict()}, indent=2) + "\n")
     if args.plot is not None:

@@ -18,6 +18,7 @@ import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 
+from ._keys import KEYS
 from ._logging import logger
 from ._validate import (
     InputError,
@@ -83,7 +84,7 @@ def read(path: str | os.PathLike, *, layer: str | None = None) -> AnnData:
     adata.obs_names = adata.obs_names.astype(str)
     check_counts(adata, layer=layer)
     check_unique_obs_names(adata)
-    adata.uns["sct_input"] = {"path": str(path), "format": fmt, "sha256": file_sha256(path)}
+    adata.uns[KEYS.INPUT] = {"path": str(path), "format": fmt, "sha256": file_sha256(path)}
     logger.info("read %s: %d cells x %d features", path, adata.n_obs, adata.n_vars)
     return adata
 

@@ -12,6 +12,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._hvg import seurat_v3_hvg
+from .._keys import KEYS
 from .._logging import timed
 from .._provenance import versions
 from .._validate import InputError, check_counts, check_obs_key, get_matrix
@@ -239,7 +240,7 @@ def build(
             "n_latent": n_latent,
             "n_layers": n_layers,
             "architecture": dict(_model.ARCHES_PARAMS),
-            "hvg": dict(ref.uns["sct_hvg"]),
+            "hvg": dict(ref.uns[KEYS.HVG]),
             "max_epochs": max_epochs,
             "scanvi_max_epochs": scanvi_max_epochs,
             "unlabeled_category": UNLABELED,
@@ -404,9 +405,9 @@ def _reference_subset(adata, *, layer, labels_key, batch_key, n_hvg) -> AnnData:
     if batch_key is not None:
         ref.obs[batch_key] = ref.obs[batch_key].astype(str).astype("category")
     if ref.n_vars <= n_hvg:
-        ref.uns["sct_hvg"] = {"flavor": None, "note": f"all {ref.n_vars} genes kept"}
+        ref.uns[KEYS.HVG] = {"flavor": None, "note": f"all {ref.n_vars} genes kept"}
         return ref
-    ref.uns["sct_hvg"] = seurat_v3_hvg(
+    ref.uns[KEYS.HVG] = seurat_v3_hvg(
         ref, n_top_genes=n_hvg, layer=None, batch_key=batch_key, subset=True
     )
     return ref

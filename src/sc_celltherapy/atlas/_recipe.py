@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._keys import KEYS
 from .._logging import logger, timed
 from .._validate import (
     InputError,
@@ -295,7 +296,7 @@ def apply_recipe(adata: AnnData, manifest: Mapping, *, cells_selected: bool = Fa
     for col in cols:
         if ref.obs[col].dtype == object:
             ref.obs[col] = ref.obs[col].astype(str).astype("category")
-    ref.uns["sct_atlas_build"] = {
+    ref.uns[KEYS.ATLAS_BUILD] = {
         "atlas": manifest["name"],
         "version": manifest["version"],
         "n_cells": int(ref.n_obs),
@@ -370,7 +371,7 @@ def prepare_reference(
                 adata = read_cef(matrix)
                 obs_column(adata.obs, build["cef_label_row"], "build.cef_label_row")
                 ref = apply_recipe(adata, manifest)
-    ref.uns["sct_atlas_build"]["source_sha256"] = hashes
+    ref.uns[KEYS.ATLAS_BUILD]["source_sha256"] = hashes
     logger.info(
         "atlas %s: %d cells, %d genes, %d labels",
         manifest["name"],

@@ -8,6 +8,8 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._keys import KEYS
+
 
 def pbmc_reference() -> AnnData:
     """Real, labelled PBMC counts (700 cells x 765 genes), recovered from scanpy's own file.
@@ -44,7 +46,7 @@ def pbmc_reference() -> AnnData:
     # one batch: as the reference's batch covariate it lets every lot mapped onto the bundle
     # become a new batch that scArches surgery corrects for
     adata.obs["dataset"] = pd.Categorical(["pbmc68k"] * adata.n_obs)
-    adata.uns["sct_dataset"] = {
+    adata.uns[KEYS.DATASET] = {
         "name": "pbmc_reference",
         "kind": "real data",
         "source": "scanpy.datasets.pbmc68k_reduced (ships inside scanpy); 10x Genomics PBMC 68k "
@@ -123,11 +125,11 @@ def pbmc_demo_lot(n_cells: int = 1000, *, seed: int = 0) -> AnnData:
         index=[f"demo_cell_{i:05d}" for i in range(n_cells)],
     )
     lot = AnnData(X=counts, obs=obs, var=ref.var[[]].copy())
-    lot.uns["sct_dataset"] = {
+    lot.uns[KEYS.DATASET] = {
         "name": "pbmc_demo_lot",
         "kind": "generated from real data",
-        "source": ref.uns["sct_dataset"]["source"],
-        "licence": ref.uns["sct_dataset"]["licence"],
+        "source": ref.uns[KEYS.DATASET]["source"],
+        "licence": ref.uns[KEYS.DATASET]["licence"],
         "generation": (
             f"{n_cells} cells drawn with replacement by population at planted fractions "
             f"{DEMO_LOT_COMPOSITION}, counts binomially thinned to 90-100%, seed {seed}"

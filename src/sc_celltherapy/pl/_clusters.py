@@ -8,6 +8,7 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._keys import KEYS
 from .._markers import QUALITY_GENES
 from .._validate import MissingKeyError
 from ._utils import finish, new_figure
@@ -16,7 +17,7 @@ from ._utils import finish, new_figure
 def clusters(
     adata: AnnData,
     *,
-    key: str = "sct_cluster",
+    key: str = KEYS.CLUSTER,
     n_markers: int = 3,
     hide_housekeeping: bool = True,
     save: str | os.PathLike | None = None,

@@ -8,6 +8,7 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._keys import KEYS
 from .._validate import MissingKeyError
 from ._utils import finish, new_figure
 
@@ -17,7 +18,7 @@ _COLOURS = {"equivalent": "#2e7d32", "not equivalent": "#c62828", "inconclusive"
 def compare_lots(
     adata: AnnData,
     *,
-    key: str = "sct_compare",
+    key: str = KEYS.COMPARE,
     save: str | os.PathLike | None = None,
     show: bool | None = None,
     return_fig: bool = False,

@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from .._display import VERDICT_COLOURS
+from .._keys import KEYS
 from .._validate import MissingKeyError
 from ._utils import finish, new_figure
 
@@ -17,8 +18,8 @@ from ._utils import finish, new_figure
 def identity(
     adata: AnnData,
     *,
-    key: str = "sct_identity",
-    groupby: str = "sct_cluster",
+    key: str = KEYS.IDENTITY,
+    groupby: str = KEYS.CLUSTER,
     save: str | os.PathLike | None = None,
     show: bool | None = None,
     return_fig: bool = False,
@@ -121,7 +122,7 @@ TARGET_GREY = "#c8c8c8"
 def composition(
     adata: AnnData,
     *,
-    key: str = "sct_purity",
+    key: str = KEYS.PURITY,
     save: str | os.PathLike | None = None,
     show: bool | None = None,
     return_fig: bool = False,

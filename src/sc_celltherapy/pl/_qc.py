@@ -9,6 +9,7 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from .._keys import KEYS
 from .._utils import iter_samples
 from .._validate import MissingKeyError
 from ._utils import finish, new_figure
@@ -25,7 +26,7 @@ _PANELS = (
 def qc(
     adata: AnnData,
     *,
-    key: str = "sct_low_quality",
+    key: str = KEYS.LOW_QUALITY,
     save: str | os.PathLike | None = None,
     show: bool | None = None,
     return_fig: bool = False,

@@ -9,6 +9,7 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._keys import KEYS
 from .._validate import MissingKeyError
 from ._clusters import _palette
 from ._utils import finish, new_figure
@@ -17,7 +18,7 @@ from ._utils import finish, new_figure
 def reliability(
     adata: AnnData,
     *,
-    reference_key: str = "sct_ref",
+    reference_key: str = KEYS.REF,
     save: str | os.PathLike | None = None,
     show: bool | None = None,
     return_fig: bool = False,

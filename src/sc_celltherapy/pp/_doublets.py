@@ -6,6 +6,7 @@ import numpy as np
 import scanpy as sc
 from anndata import AnnData
 
+from .._keys import KEYS
 from .._logging import logger, timed
 from .._utils import EXACT_KNN_MAX_CELLS, iter_samples, uns_safe
 from .._validate import InputError, check_lot, get_matrix
@@ -35,9 +36,9 @@ def doublets(
     batch_key: str | None = None,
     expected_rate: float | None = None,
     layer: str | None = None,
-    exclude_key: str | None = "sct_low_quality",
+    exclude_key: str | None = KEYS.LOW_QUALITY,
     random_state: int = 0,
-    key_added: str = "sct_doublet",
+    key_added: str = KEYS.DOUBLET,
 ) -> None:
     """Score and call doublets per sample with scrublet (scanpy's implementation).
 

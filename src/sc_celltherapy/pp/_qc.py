@@ -11,6 +11,7 @@ from anndata import AnnData
 from scipy.stats import median_abs_deviation
 from sklearn.mixture import GaussianMixture
 
+from .._keys import KEYS
 from .._logging import logger, timed
 from .._utils import iter_samples, uns_safe
 from .._validate import InputError, MissingKeyError, check_lot
@@ -103,7 +104,7 @@ def qc_metrics(
     keep = [c for c in obs_metrics.columns if not c.startswith("total_counts_")]
     for column in keep:
         adata.obs[column] = obs_metrics[column].to_numpy()
-    adata.uns["sct_qc_metrics"] = uns_safe(
+    adata.uns[KEYS.QC_METRICS] = uns_safe(
         {
             "species": species,
             "layer": layer,
@@ -128,7 +129,7 @@ def flag_low_quality(
     max_pct_mt: float | None = None,
     min_genes: int = 200,
     batch_key: str | None = None,
-    key_added: str = "sct_low_quality",
+    key_added: str = KEYS.LOW_QUALITY,
 ) -> None:
     """Flag low-quality barcodes with per-sample MAD outliers plus absolute floors.
 
@@ -294,7 +295,7 @@ def refuse_after_filter(adata: AnnData, key: str, step: str) -> None:
     """A QC step whose calls a filter already applied cannot run again on the filtered lot:
     its thresholds (MADs, the doublet score's cut) would be refitted on the survivors and flag
     new cells, silently changing the counts the lot's record reports."""
-    record = adata.uns.get("sct_qc")
+    record = adata.uns.get(KEYS.QC)
     if record is not None and key in list(record.get("keys", [])):
         msg = (
             f"This lot was already filtered on {key!r} (uns['sct_qc']: {record['n_cells_before']} "
@@ -308,7 +309,7 @@ def refuse_after_filter(adata: AnnData, key: str, step: str) -> None:
 def filter_cells(
     adata: AnnData,
     *,
-    keys: tuple[str, ...] = ("sct_low_quality", "sct_doublet"),
+    keys: tuple[str, ...] = (KEYS.LOW_QUALITY, KEYS.DOUBLET),
     copy: bool = False,
 ) -> AnnData | None:
     """Remove the cells flagged by QC.
@@ -359,7 +360,7 @@ def filter_cells(
             "assess. Check the input (is it an empty-droplet matrix?) or relax the QC thresholds."
         )
         raise InputError(msg)
-    batch_key = adata.uns.get("sct_low_quality", {}).get("params", {}).get("batch_key")
+    batch_key = adata.uns.get(KEYS.LOW_QUALITY, {}).get("params", {}).get("batch_key")
     per_sample = {
         sample: {"before": int(mask.sum()), "after": int((mask & ~remove).sum())}
         for sample, mask in iter_samples(adata, batch_key)
@@ -373,7 +374,7 @@ def filter_cells(
             "keys": present,
         }
     )
-    first = adata.uns.get("sct_qc")
+    first = adata.uns.get(KEYS.QC)
     if first is not None:  # filtered before: the first record stays, this pass is history
         if not remove.any():
             logger.info("filter_cells: no flagged cell left; the lot is unchanged")
@@ -386,8 +387,8 @@ def filter_cells(
     logger.info("kept %d of %d cells", record["n_cells_after"], record["n_cells_before"])
     if copy:
         adata = adata[~remove].copy()
-        adata.uns["sct_qc"] = record
+        adata.uns[KEYS.QC] = record
         return adata
     adata._inplace_subset_obs(~remove)
-    adata.uns["sct_qc"] = record
+    adata.uns[KEYS.QC] = record
     return None

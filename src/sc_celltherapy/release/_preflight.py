@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._keys import KEYS
 from .._spec import Spec, SpecError
 from .._validate import InputError
 from ..io import file_sha256
@@ -87,7 +88,7 @@ def preflight(
     adata = read_counts(input_path, layer)
     check_obs_key(adata, batch_key, what="batch column")
     check_enough_cells(adata, what="barcode(s) in the input")
-    read_hashes[f"input:{input_path.name}"] = adata.uns["sct_input"]["sha256"]
+    read_hashes[f"input:{input_path.name}"] = adata.uns[KEYS.INPUT]["sha256"]
     read_seconds = round(time.perf_counter() - start, 3)
     if reference is None and profile is not None and profile.get("atlas") is None:
         reference = NO_REFERENCE
@@ -162,7 +163,7 @@ def read_counts(path: Path, layer: str | None):
     adata = io.read(path, layer=layer)
     if layer is not None:
         adata.X = adata.layers.pop(layer)
-        adata.uns["sct_input"]["counts_layer"] = layer
+        adata.uns[KEYS.INPUT]["counts_layer"] = layer
     return adata
 
 

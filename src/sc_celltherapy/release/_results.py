@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._keys import KEYS
 from .._provenance import versions
 from .._spec import Spec
 from .._utils import plain
@@ -33,7 +34,7 @@ def spec_digest(spec: Spec) -> str:
 def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overlap) -> dict:
     """results.json of a release, without its per-run key (``inputs``: the resolved inputs of
     :func:`~sc_celltherapy.release.run`)."""
-    qc = adata.uns["sct_qc"]
+    qc = adata.uns[KEYS.QC]
     purity = report.to_dict()
     target = {**purity["target"], "denominator": "assessed", "kind": "min"}
     judged = {"target": target, **purity["impurities"]}
@@ -46,7 +47,7 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
         {"criterion": f"marker:{k}", "denominator": "assessed", **row}
         for k, row in purity["marker_gates"].items()
     ]
-    src = adata.uns["sct_input"]
+    src = adata.uns[KEYS.INPUT]
     n = report.n_cells
     results = {
         "schema": RESULTS_SCHEMA,
@@ -72,8 +73,8 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
             "n_barcodes": qc["n_cells_before"],
             "n_assessed": qc["n_cells_after"],
             "excluded": qc["n_removed"],
-            "thresholds": adata.uns.get("sct_low_quality", {}),
-            "doublets": adata.uns.get("sct_doublet", {}),
+            "thresholds": adata.uns.get(KEYS.LOW_QUALITY, {}),
+            "doublets": adata.uns.get(KEYS.DOUBLET, {}),
         },
         "mapping": _mapping_record(adata),
         "reference": None
@@ -95,7 +96,7 @@ def build_results(inputs, adata, report, lot_id, seed, batch_key, min_gene_overl
             "content": inputs.spec.to_dict(),
         },
         "profile": inputs.profile["name"] if inputs.profile else None,
-        "identity_method": adata.uns["sct_identity"]["method"],
+        "identity_method": adata.uns[KEYS.IDENTITY]["method"],
         "inputs": {
             "file": inputs.input_path.name,
             "format": src["format"],
@@ -118,7 +119,7 @@ def identity_record(adata, bundle) -> dict[str, Any]:
     assessed."""
     from ..tl import identity_records
 
-    info = adata.uns["sct_identity"]
+    info = adata.uns[KEYS.IDENTITY]
     if bundle is None:
         statement = (
             "Identity comes from the product profile's marker panels alone, with no reference "
@@ -180,7 +181,7 @@ def _reliability(manifest: Mapping) -> dict[str, Any]:
 
 
 def _mapping_record(adata) -> dict[str, Any] | None:
-    ref = adata.uns.get("sct_ref")
+    ref = adata.uns.get(KEYS.REF)
     if ref is None:
         return None
     return {

@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import _interrupt as interrupt
 from .._display import html_table, interval, pct, text_table
+from .._keys import KEYS
 from .._logging import logger, timed
 from .._provenance import hardware, peak_memory_mb
 from .._signing import load_private_key
@@ -310,7 +311,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         qc_png = _png(pl.qc(adata, return_fig=True))  # drawn before the flagged cells are removed
         pp.filter_cells(adata)  # refuses when no cell would be left
         check_enough_cells(adata, what="cell(s) left after QC")  # before mapping, not after
-    qc = adata.uns["sct_qc"]
+    qc = adata.uns[KEYS.QC]
     audit(
         "qc", n_barcodes=qc["n_cells_before"], n_after=qc["n_cells_after"], removed=qc["n_removed"]
     )
@@ -329,7 +330,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
                 seed=seed,
                 min_gene_overlap=min_gene_overlap,
             )
-        ref = adata.uns["sct_ref"]
+        ref = adata.uns[KEYS.REF]
         audit(
             "map",
             read={f"reference:{ref['bundle']}": ref["sha256"]},
@@ -338,7 +339,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         )
     with step("identity", "identity score and class of each cell"):
         identities(adata, inputs.spec, inputs.profile)
-    audit("identity", classes=_counts(adata.obs["sct_identity_class"]))
+    audit("identity", classes=_counts(adata.obs[KEYS.IDENTITY_CLASS]))
     with step("purity", "purity against the spec"):
         report = tl.assess_purity(adata, inputs.spec)
     audit("purity", verdict=report.verdict, spec_sha256=spec_digest(inputs.spec))
@@ -354,7 +355,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
             "identity": _png(
                 pl.identity(
                     adata,
-                    groupby="sct_identity_class" if marker_only else "sct_ref_label",
+                    groupby=KEYS.IDENTITY_CLASS if marker_only else "sct_ref_label",
                     return_fig=True,
                 )
             ),
@@ -404,7 +405,7 @@ def _write_outputs(tmp: Path, results: dict, adata, figures: dict[str, bytes]) -
     from ._report import render_report
 
     start = time.perf_counter()
-    adata.uns["sct_release"] = {
+    adata.uns[KEYS.RELEASE] = {
         "lot_id": results["lot_id"],
         "verdict": results["verdict"],
         "run_id": results[PER_RUN_KEY]["run_id"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 from anndata import AnnData
 
 from .. import tl
+from .._keys import KEYS
 from .._spec import Spec
 from .._validate import InputError
 from ._preflight import resolve_profile
@@ -43,7 +44,7 @@ def score(adata: AnnData, spec: Spec, *, product: str | None = None) -> tl.Purit
     :func:`~sc_celltherapy.tl.assess_purity` write them.
     """
     profile = resolve_profile(product, spec)
-    if "sct_ref" not in adata.uns and profile is None:
+    if KEYS.REF not in adata.uns and profile is None:
         msg = (
             f"The lot is not mapped and spec product {spec.product!r} is no shipped profile: "
             "map it first (sct.tl.map_to_reference, `sc-celltherapy map`), or give a product "

@@ -6,6 +6,7 @@ import scanpy as sc
 from anndata import AnnData
 
 from .._hvg import seurat_v3_hvg
+from .._keys import KEYS
 from .._logging import timed
 from .._utils import EXACT_KNN_MAX_CELLS, uns_safe
 from .._validate import InputError, check_lot, get_matrix
@@ -13,7 +14,7 @@ from .._validate import InputError, check_lot, get_matrix
 # Fewer cells give no neighbourhood graph worth the name (15 neighbours by default).
 MIN_CELLS_TO_CLUSTER = 10
 
-LOGNORM_LAYER = "sct_lognorm"
+LOGNORM_LAYER = KEYS.LOGNORM
 
 
 def _knn_transformer(n_obs: int) -> str | None:
@@ -32,7 +33,7 @@ def cluster(
     batch_key: str | None = None,
     random_state: int = 0,
     markers: bool = True,
-    key_added: str = "sct_cluster",
+    key_added: str = KEYS.CLUSTER,
 ) -> None:
     """Cluster a lot and find marker genes per cluster.
 

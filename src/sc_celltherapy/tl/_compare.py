@@ -19,6 +19,7 @@ from anndata import AnnData
 from scipy.stats import norm
 
 from .._display import html_table, interval, pct, text_table
+from .._keys import KEYS
 from .._logging import logger
 from .._stats import fraction_interval
 from .._utils import plain, uns_safe
@@ -117,12 +118,12 @@ def compare_lots(
     *,
     spec=None,
     margins: Mapping[str, float] | None = None,
-    identity_key: str = "sct_identity",
+    identity_key: str = KEYS.IDENTITY,
     latent_key: str = "X_sct_ref",
     n_permutations: int = 500,
     max_cells: int = 1000,
     seed: int = 0,
-    key_added: str = "sct_compare",
+    key_added: str = KEYS.COMPARE,
 ) -> LotComparison:
     """Compare a new lot's composition and latent profile with qualified lots.
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from anndata import AnnData
 
+from .._keys import KEYS
 from .._validate import InputError
 from . import _panels
 
@@ -31,7 +32,7 @@ def identity_records(adata: AnnData) -> dict[str, dict]:
     -------
     Identity name to its record (a new dict each call).
     """
-    return records_by_name(adata.uns["sct_identity"])
+    return records_by_name(adata.uns[KEYS.IDENTITY])
 
 
 def records_by_name(info: Mapping) -> dict[str, dict]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._keys import KEYS
 from .._logging import logger, timed
 from .._utils import uns_safe
 from .._validate import MissingKeyError, check_counts
@@ -38,14 +39,14 @@ def identity_score(
     adata: AnnData,
     *,
     target: str | Sequence[str] | None = None,
-    reference_key: str = "sct_ref",
+    reference_key: str = KEYS.REF,
     profile: str | Mapping | None = None,
     layer: str | None = None,
     min_z: float = _panels.MIN_ENRICHMENT_Z,
     margin: float = _panels.MIN_MARGIN,
     min_genes: int = _panels.MIN_GENES_FOUND,
     min_fraction: float = _panels.MIN_FRACTION_FOUND,
-    key_added: str = "sct_identity",
+    key_added: str = KEYS.IDENTITY,
 ) -> None:
     """Score each cell's closeness to the target identity and classify it.
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._keys import KEYS
 from .._logging import logger
 from .._utils import uns_safe
 from .._validate import InputError, check_lot, get_matrix
@@ -28,7 +29,7 @@ def map_to_reference(
     min_gene_overlap: float = 0.5,
     warn_gene_overlap: float = 0.8,
     seed: int = 0,
-    key_added: str = "sct_ref",
+    key_added: str = KEYS.REF,
 ) -> None:
     """Map a lot onto a reference bundle (scANVI with scArches surgery).
 

@@ -13,6 +13,7 @@ from anndata import AnnData
 
 from .. import _stats
 from .._display import html_table, interval, pct, text_table
+from .._keys import KEYS
 from .._logging import logger
 from .._spec import DETECTION_RULE, Spec
 from .._utils import plain, uns_safe
@@ -23,7 +24,7 @@ from ._panels import MIN_PANEL_GENES as _PLURI_MIN_GENES
 
 LEVEL = 0.95
 # classes whose fraction is of all barcodes called cells, and the QC flag that counts them
-_QC_CLASSES = {"doublets": "sct_doublet", "low_quality": "sct_low_quality"}
+_QC_CLASSES = {"doublets": KEYS.DOUBLET, "low_quality": KEYS.LOW_QUALITY}
 IMPURITY_COLUMNS = ["n", "fraction", "ci_low", "ci_high", "limit", "verdict", "cells_needed"]
 GATE_COLUMNS = [*IMPURITY_COLUMNS, "kind", "genes", "rule"]
 
@@ -168,9 +169,9 @@ def assess_purity(
     adata: AnnData,
     spec: Spec,
     *,
-    identity_key: str = "sct_identity",
+    identity_key: str = KEYS.IDENTITY,
     layer: str | None = None,
-    key_added: str = "sct_purity",
+    key_added: str = KEYS.PURITY,
 ) -> PurityReport:
     """Judge a lot's identity and purity against a release spec.
 
@@ -343,7 +344,7 @@ def assess_purity(
 def _assessed_cells(adata: AnnData):
     """Cells to assess, barcodes called cells, cells excluded per QC flag, and notes."""
     notes: list[str] = []
-    qc = adata.uns.get("sct_qc")
+    qc = adata.uns.get(KEYS.QC)
     present_flags = [f for f in _QC_CLASSES.values() if f in adata.obs]
     if qc is not None:
         # filter_cells removed the flagged cells; it recorded how many, per flag
