@@ -63,7 +63,7 @@ def ours(path: str, seed: int):
     sct.pp.qc_metrics(adata)
     sct.pp.flag_low_quality(adata)
     sct.pp.doublets(adata, random_state=seed)
-    sct.pp.filter_cells(adata)
+    sct.pp.remove_flagged(adata)
     sct.tl.cluster(adata, random_state=seed)
     return adata
 

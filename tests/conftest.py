@@ -75,7 +75,7 @@ def mapped_product(cart_product_qc, demo_bundle):
     """The real CAR-T product, QC'd (flagged cells removed) and mapped onto pbmc_demo. Read-only."""
     import sc_celltherapy as sct
 
-    adata = sct.pp.filter_cells(cart_product_qc, copy=True)
+    adata = sct.pp.remove_flagged(cart_product_qc, copy=True)
     sct.tl.map_to_reference(adata, demo_bundle)
     return adata
 

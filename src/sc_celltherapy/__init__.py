@@ -6,8 +6,8 @@ function needs them.
 """
 
 from . import atlas, datasets, io, pl, pp, release, tl, validation
+from ._checks import InputError
 from ._settings import settings
-from ._validate import InputError
 from ._version import __version__
 
 __all__ = [

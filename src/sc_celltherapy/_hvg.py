@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from anndata import AnnData
 
+from ._checks import InputError
 from ._logging import logger
-from ._validate import InputError
 
 SPANS = (0.3, 0.5, 1.0)
 MIN_BATCH_CELLS = 200

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._validate import InputError
+from ._checks import InputError
 
 
 class SigningError(InputError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._validate import InputError
+from ._checks import InputError
 
 # Impurity classes a spec may limit. Fractions are of cells passing QC, except doublets and
 # low_quality, which are fractions of all barcodes called cells (before QC removed them).
@@ -333,12 +333,12 @@ class Spec:
     @classmethod
     def from_profile(cls, profile: str | Mapping) -> Spec:
         """The example spec of a product profile (marked as an example, not a limit)."""
-        from .atlas import load_profile, validate
+        from .atlas import load_profile, validate_manifest
 
         p = (
             load_profile(profile)
             if isinstance(profile, str | os.PathLike)
-            else validate(profile, "profile")
+            else validate_manifest(profile, "profile")
         )
         ex = p["example_spec"]
         return cls(

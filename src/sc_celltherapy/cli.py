@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import _interrupt as interrupt
+from ._checks import InputError
 from ._cli_atlas import add_atlas_commands
 from ._cli_audit import add_audit_commands
 from ._cli_summaries import cluster_summary, map_summary, qc_summary, release_summary
 from ._keys import KEYS
 from ._logging import logger
 from ._settings import settings
-from ._validate import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by a signal (128 + SIGINT)
@@ -242,7 +242,7 @@ def _cmd_qc(args: argparse.Namespace) -> None:
     pp.flag_low_quality(adata, batch_key=args.batch_key)
     pp.doublets(adata, batch_key=args.batch_key)
     if not args.no_filter:
-        pp.filter_cells(adata)
+        pp.remove_flagged(adata)
     adata.write_h5ad(args.out)
     print(qc_summary(adata))
 

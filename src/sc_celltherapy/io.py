@@ -18,14 +18,14 @@ import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 
-from ._keys import KEYS
-from ._logging import logger
-from ._validate import (
+from ._checks import (
     InputError,
     UnsupportedFormatError,
     check_counts,
     check_unique_obs_names,
 )
+from ._keys import KEYS
+from ._logging import logger
 
 __all__ = ["read", "file_sha256", "guess_species"]
 

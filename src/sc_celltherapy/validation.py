@@ -21,10 +21,10 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _stats
+from ._checks import InputError
 from ._display import html_table, pct, text_table
 from ._logging import logger
 from ._utils import plain
-from ._validate import InputError
 
 __all__ = ["SPIKE_KEY", "SpikeInResult", "mix", "select_by_markers", "spike_in"]
 

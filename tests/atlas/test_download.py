@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 
 import sc_celltherapy as sct
-from sc_celltherapy._validate import MissingKeyError, NotCountsError
+from sc_celltherapy._checks import MissingKeyError, NotCountsError
 from sc_celltherapy.atlas import FetchError, HashMismatchError
 from sc_celltherapy.atlas._download import LOCK_FILE
 from sc_celltherapy.atlas._recipe import (

@@ -49,7 +49,7 @@ def test_the_expected_files_ship():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_yaml_validates(path):
-    data = sct.atlas.validate(path)
+    data = sct.atlas.validate_manifest(path)
     assert data["name"] == path.stem
     assert data["schema_version"] == 1
     assert isinstance(data["version"], str) and data["version"]
@@ -143,7 +143,7 @@ def demo_profile():
 def test_schema_error_names_the_field_and_what_it_expects(demo_atlas):
     demo_atlas["model"]["scvi"]["n_latent"] = "ten"
     with pytest.raises(ManifestError) as err:
-        sct.atlas.validate(demo_atlas, "atlas")
+        sct.atlas.validate_manifest(demo_atlas, "atlas")
     message = str(err.value)
     assert "$.model.scvi.n_latent" in message
     assert "'ten' is not of type 'integer'" in message
@@ -153,20 +153,20 @@ def test_schema_error_names_the_field_and_what_it_expects(demo_atlas):
 def test_schema_error_for_a_missing_and_an_unknown_key(demo_atlas):
     missing = {k: v for k, v in demo_atlas.items() if k != "licence"}
     with pytest.raises(ManifestError, match="'licence' is a required property"):
-        sct.atlas.validate(missing, "atlas")
+        sct.atlas.validate_manifest(missing, "atlas")
     demo_atlas["colour"] = "blue"
     with pytest.raises(ManifestError, match=r"'colour' was unexpected.*Allowed keys here: \["):
-        sct.atlas.validate(demo_atlas, "atlas")
+        sct.atlas.validate_manifest(demo_atlas, "atlas")
 
 
 def test_schema_requires_a_policy_for_a_null_hash(demo_atlas):
     demo_atlas["source"] = [{"filename": "a.h5ad", "url": "https://example.org/a", "sha256": None}]
     demo_atlas["build"].update(reader="h5ad", matrix="a.h5ad")
     with pytest.raises(ManifestError, match=r"\$\.source\[0\].*'sha256_policy' is a required"):
-        sct.atlas.validate(demo_atlas, "atlas")
+        sct.atlas.validate_manifest(demo_atlas, "atlas")
     demo_atlas["source"][0]["sha256"] = "abc"
     with pytest.raises(ManifestError, match=r"\$\.source\[0\]\.sha256"):
-        sct.atlas.validate(demo_atlas, "atlas")
+        sct.atlas.validate_manifest(demo_atlas, "atlas")
 
 
 def test_file_name_must_equal_name(tmp_path):
@@ -175,49 +175,49 @@ def test_file_name_must_equal_name(tmp_path):
     path = folder / "other_name.yaml"
     shutil.copy(mf.manifests_dir() / "atlases" / "pbmc_demo.yaml", path)
     with pytest.raises(ManifestError, match=r"other_name\.yaml.*\$\.name.*'pbmc_demo' differs"):
-        sct.atlas.validate(path)
+        sct.atlas.validate_manifest(path)
 
 
 def test_duplicate_yaml_keys_are_refused(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("name: a\nname: b\n")
     with pytest.raises(ManifestError, match="duplicate key 'name'"):
-        sct.atlas.validate(path, "atlas")
+        sct.atlas.validate_manifest(path, "atlas")
 
 
 def test_atlas_cross_checks(demo_atlas):
     bad = copy.deepcopy(demo_atlas)
     bad["build"]["function"] = "os.system"
     with pytest.raises(ManifestError, match=r"\$\.build\.function.*function of sc_celltherapy"):
-        sct.atlas.validate(bad, "atlas")
+        sct.atlas.validate_manifest(bad, "atlas")
     bad = copy.deepcopy(demo_atlas)
     bad["build"]["derive_labels"][0]["groups"][1]["members"].append("CD19+ B")
     with pytest.raises(ManifestError, match=r"derive_labels\[0\].*\['CD19\+ B'\].*more than one"):
-        sct.atlas.validate(bad, "atlas")
+        sct.atlas.validate_manifest(bad, "atlas")
     bad = copy.deepcopy(demo_atlas)
     bad["build"]["derive_labels"][0]["groups"][1]["members"] = ["CD56 NK"]
     with pytest.raises(ManifestError, match=r"\['CD56 NK'\] are not in .*known_fine_labels"):
-        sct.atlas.validate(bad, "atlas")
+        sct.atlas.validate_manifest(bad, "atlas")
     bad = copy.deepcopy(demo_atlas)
     bad["source"] = [{"filename": "a.h5ad", "url": "https://x.org/a", "sha256": "0" * 64}]
     with pytest.raises(ManifestError, match=r"\$\.build\.reader.*'embedded'"):
-        sct.atlas.validate(bad, "atlas")
+        sct.atlas.validate_manifest(bad, "atlas")
 
 
 def test_profile_must_name_an_existing_atlas(demo_profile):
     demo_profile["atlas"] = "no_such_atlas"
     with pytest.raises(ManifestError, match=r"\$\.atlas.*'no_such_atlas'.*available: \[.*pbmc"):
-        sct.atlas.validate(demo_profile, "profile")
+        sct.atlas.validate_manifest(demo_profile, "profile")
     demo_profile["atlas"] = "pbmc_demo"
     demo_profile["related_atlases"] = ["hlca"]
     with pytest.raises(ManifestError, match=r"related_atlases\[0\].*'hlca'"):
-        sct.atlas.validate(demo_profile, "profile")
+        sct.atlas.validate_manifest(demo_profile, "profile")
 
 
 def test_profile_labels_must_be_atlas_labels(demo_profile):
     demo_profile["off_target"][0]["reference_labels"] = ["NK cells"]
     with pytest.raises(ManifestError) as err:
-        sct.atlas.validate(demo_profile, "profile")
+        sct.atlas.validate_manifest(demo_profile, "profile")
     message = str(err.value)
     assert "$.off_target[0].reference_labels[0]" in message
     assert "'NK cells' is not a fine label of atlas 'pbmc_demo'" in message
@@ -228,25 +228,27 @@ def test_profile_identity_consistency(demo_profile):
     bad = copy.deepcopy(demo_profile)
     bad["forbidden"][0]["reference_labels"].append("CD56+ NK")
     with pytest.raises(ManifestError, match="already belongs to identity 'NK cells'"):
-        sct.atlas.validate(bad, "profile")
+        sct.atlas.validate_manifest(bad, "profile")
     bad = copy.deepcopy(demo_profile)
     bad["example_spec"]["max_identity_fraction"][0]["identity"] = "plasma cells"
     with pytest.raises(ManifestError, match=r"max_identity_fraction\[0\]\.identity"):
-        sct.atlas.validate(bad, "profile")
+        sct.atlas.validate_manifest(bad, "profile")
     bad = copy.deepcopy(demo_profile)
     bad["target"]["markers"]["negative"].append("CD3E")
     with pytest.raises(ManifestError, match=r"\['CD3E'\] are both positive and negative"):
-        sct.atlas.validate(bad, "profile")
+        sct.atlas.validate_manifest(bad, "profile")
     bad = copy.deepcopy(demo_profile)
     bad["example_spec"]["max_impurity"]["residual_pluripotent"] = 0.001
     with pytest.raises(ManifestError, match="no identity has class residual_pluripotent"):
-        sct.atlas.validate(bad, "profile")
+        sct.atlas.validate_manifest(bad, "profile")
 
 
 def test_profile_of_a_users_own_atlas(demo_profile, demo_atlas):
     demo_atlas["name"] = "my_pbmc"
     demo_profile["atlas"] = "my_pbmc"
-    assert sct.atlas.validate(demo_profile, "profile", atlas=demo_atlas)["atlas"] == "my_pbmc"
+    assert (
+        sct.atlas.validate_manifest(demo_profile, "profile", atlas=demo_atlas)["atlas"] == "my_pbmc"
+    )
 
 
 # ---- what every profile must hold -------------------------------------------------------------
@@ -264,11 +266,11 @@ def test_schema_refuses_a_spec_not_marked_as_example(demo_profile):
     bad = copy.deepcopy(demo_profile)
     bad["example_spec"]["example"] = False
     with pytest.raises(ManifestError, match=r"\$\.example_spec\.example: True was expected"):
-        sct.atlas.validate(bad, "profile")
+        sct.atlas.validate_manifest(bad, "profile")
     bad = copy.deepcopy(demo_profile)
     bad["example_spec"]["note"] = "An example."
     with pytest.raises(ManifestError, match=r"\$\.example_spec\.note"):
-        sct.atlas.validate(bad, "profile")
+        sct.atlas.validate_manifest(bad, "profile")
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

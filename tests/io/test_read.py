@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 import sc_celltherapy as sct
-from sc_celltherapy._validate import (
+from sc_celltherapy._checks import (
     DuplicateBarcodesError,
     EmptyDataError,
     NotCountsError,

@@ -146,35 +146,35 @@ def test_qc_refuses_unknown_batch_key():
         sct.pp.qc_metrics(adata, batch_key="lane")
 
 
-def test_filter_cells_records_and_removes():
+def test_remove_flagged_records_and_removes():
     adata = sct.datasets.toy_product(n_cells=800, seed=3)
     sct.pp.flag_low_quality(adata)
     sct.pp.doublets(adata)
     n_before = adata.n_obs
     flagged = (adata.obs["sct_low_quality"] | adata.obs["sct_doublet"]).sum()
-    out = sct.pp.filter_cells(adata, copy=True)
+    out = sct.pp.remove_flagged(adata, copy=True)
     assert adata.n_obs == n_before  # copy=True leaves the input alone
     assert out.n_obs == n_before - flagged
     rec = out.uns["sct_qc"]
     assert rec["n_cells_before"] == n_before and rec["n_cells_after"] == out.n_obs
     assert rec["n_removed"]["sct_low_quality_mt"] == int(adata.obs["sct_low_quality_mt"].sum())
-    assert sct.pp.filter_cells(adata) is None
+    assert sct.pp.remove_flagged(adata) is None
     assert adata.n_obs == out.n_obs
 
 
-def test_filter_cells_needs_flags():
+def test_remove_flagged_needs_flags():
     adata = sct.datasets.toy_product(n_cells=100, seed=0)
     with pytest.raises(sct.InputError, match="flag_low_quality"):
-        sct.pp.filter_cells(adata)
+        sct.pp.remove_flagged(adata)
 
 
-def test_filter_cells_refuses_to_remove_everything():
+def test_remove_flagged_refuses_to_remove_everything():
     adata = AnnData(
         X=np.ones((5, 3), dtype=np.float32),
         obs=pd.DataFrame({"sct_low_quality": [True] * 5}, index=list("abcde")),
     )
     with pytest.raises(sct.InputError, match="remove all 5 cells"):
-        sct.pp.filter_cells(adata)
+        sct.pp.remove_flagged(adata)
     assert adata.n_obs == 5
 
 
@@ -185,15 +185,15 @@ def test_qc_steps_are_safe_to_rerun():
     lot = sct.datasets.toy_product(n_cells=600, seed=3)
     sct.pp.flag_low_quality(lot)
     sct.pp.doublets(lot)
-    sct.pp.filter_cells(lot)
+    sct.pp.remove_flagged(lot)
     first = dict(lot.uns["sct_qc"])
     n = lot.n_obs
     assert first["n_cells_before"] == 600 and first["n_cells_after"] == n < 600
-    sct.pp.filter_cells(lot)
+    sct.pp.remove_flagged(lot)
     assert lot.n_obs == n and lot.uns["sct_qc"]["n_cells_before"] == 600
     assert lot.uns["sct_qc"]["n_removed"] == first["n_removed"]
     with pytest.raises(
-        sct.InputError, match=r"already filtered on 'sct_doublet'.*before sct.pp.filter_cells"
+        sct.InputError, match=r"already filtered on 'sct_doublet'.*before sct.pp.remove_flagged"
     ):
         sct.pp.doublets(lot)
     with pytest.raises(sct.InputError, match=r"already filtered on 'sct_low_quality'"):

@@ -10,7 +10,7 @@ import sc_celltherapy as sct
 
 @pytest.fixture(scope="module")
 def clustered_product(cart_product_qc):
-    adata = sct.pp.filter_cells(cart_product_qc, copy=True)
+    adata = sct.pp.remove_flagged(cart_product_qc, copy=True)
     counts_before = adata.X.copy()
     sct.tl.cluster(adata)
     return adata, counts_before

@@ -76,7 +76,7 @@ def test_marker_panels_classify_a_toy_lot():
     )
     sct.pp.qc_metrics(lot)
     sct.pp.flag_low_quality(lot)
-    sct.pp.filter_cells(lot)
+    sct.pp.remove_flagged(lot)
     singlets = ~lot.obs["true_doublet"].to_numpy()
     sct.tl.identity_score(lot, profile="car_t_demo")
     expected = lot.obs["true_population"].map(

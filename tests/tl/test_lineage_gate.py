@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 import sc_celltherapy as sct
-from sc_celltherapy.atlas import ManifestError, load_profile, validate
+from sc_celltherapy.atlas import ManifestError, load_profile, validate_manifest
 from sc_celltherapy.tl._lineage_gate import lineage_gate
 from sc_celltherapy.validation import select_by_markers
 
@@ -49,11 +49,11 @@ def test_profile_refuses_a_gate_that_rescues_a_forbidden_identity():
     prof = copy.deepcopy(load_profile("car_t_demo"))
     prof["target"]["lineage_gate"]["rescues"] = ["B-lineage cells"]
     with pytest.raises(ManifestError, match="no off-target identity of this profile"):
-        validate(prof, "profile")
+        validate_manifest(prof, "profile")
     prof["target"]["lineage_gate"]["rescues"] = ["NK cells"]
     prof["target"]["lineage_gate"]["genes"] = ["CD3E", "CD14"]
     with pytest.raises(ManifestError, match=r"\['CD14'\] are negative markers of the target"):
-        validate(prof, "profile")
+        validate_manifest(prof, "profile")
 
 
 @pytest.fixture(scope="module")

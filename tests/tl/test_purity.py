@@ -132,7 +132,7 @@ def _toy_lot(n_pluripotent_fraction: float, seed: int = 0):
     )
     sct.pp.qc_metrics(lot)
     sct.pp.flag_low_quality(lot)
-    sct.pp.filter_cells(lot)
+    sct.pp.remove_flagged(lot)
     sct.tl.identity_score(lot, profile="car_t_demo")
     return lot
 

@@ -9,7 +9,7 @@ from ._manifests import (
     load_manifest,
     load_profile,
     manifest_path,
-    validate,
+    validate_manifest,
 )
 from ._novelty import combine as combine_oor
 from ._novelty import expression_excess, local_outlier_ratio
@@ -33,7 +33,7 @@ __all__ = [
     "load_manifest",
     "load_profile",
     "manifest_path",
-    "validate",
+    "validate_manifest",
     "fetch",
     "build_from_manifest",
     "ManifestError",

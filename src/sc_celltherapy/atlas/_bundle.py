@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._checks import InputError, check_counts, check_obs_key, get_matrix
 from .._hvg import seurat_v3_hvg
 from .._keys import KEYS
 from .._logging import timed
 from .._provenance import versions
-from .._validate import InputError, check_counts, check_obs_key, get_matrix
 from ..io import guess_species
 from . import _model
 from ._calibration import ALPHA, fit_across_donors

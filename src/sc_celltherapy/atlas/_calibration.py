@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validate import InputError
+from .._checks import InputError
 
 # Calibration error per donor is only quoted for donors with at least this many labelled cells:
 # the ECE of fewer cells is mostly binning noise (its expected value on perfectly calibrated

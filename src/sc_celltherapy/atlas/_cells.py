@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .._checks import MissingKeyError
 from .._logging import logger
-from .._validate import MissingKeyError
 
 
 def obs_column(obs: pd.DataFrame, column: str, what: str) -> pd.Series:

@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .._logging import logger, timed
-from .._settings import settings
-from .._validate import (
+from .._checks import (
     InputError,
 )
+from .._logging import logger, timed
+from .._settings import settings
 from ..io import file_sha256
-from ._manifests import load_manifest, validate
+from ._manifests import load_manifest, validate_manifest
 
 LOCK_FILE = "hashes.json"
 LOCK_FORMAT = 1
@@ -49,7 +49,7 @@ class HashMismatchError(FetchError):
 
 def as_manifest(name: str | os.PathLike | Mapping) -> dict:
     if isinstance(name, Mapping):
-        return validate(name, "atlas")
+        return validate_manifest(name, "atlas")
     return load_manifest(name)
 
 

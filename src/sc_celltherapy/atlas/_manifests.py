@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from .._checks import InputError
 from .._logging import logger
-from .._validate import InputError
 
 Kind = Literal["atlas", "profile"]
 KINDS: dict[str, str] = {"atlas": "atlases", "profile": "profiles"}
@@ -267,7 +267,7 @@ def _guess_kind(data: Any, path: Path | None) -> Kind:
     return "atlas"
 
 
-def validate(
+def validate_manifest(
     path_or_dict: str | os.PathLike | Mapping,
     kind: Kind | None = None,
     *,
@@ -356,7 +356,7 @@ def load_manifest(name: str | os.PathLike) -> dict:
     -------
     The validated manifest (see ``reference_atlases/schemas/atlas.schema.yaml``).
     """
-    return validate(manifest_path(name, "atlas"), "atlas")
+    return validate_manifest(manifest_path(name, "atlas"), "atlas")
 
 
 def load_profile(name: str | os.PathLike) -> dict:
@@ -372,7 +372,7 @@ def load_profile(name: str | os.PathLike) -> dict:
     The validated profile (see ``reference_atlases/schemas/profile.schema.yaml``); its
     ``example_spec`` is an example, never a regulatory limit.
     """
-    return validate(manifest_path(name, "profile"), "profile")
+    return validate_manifest(manifest_path(name, "profile"), "profile")
 
 
 def list_manifests() -> pd.DataFrame:

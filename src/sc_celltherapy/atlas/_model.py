@@ -25,7 +25,7 @@ def accelerator() -> str:
         return "cpu"
     has_gpu = torch.cuda.is_available()
     if settings.accelerator == "gpu" and not has_gpu:
-        from .._validate import InputError
+        from .._checks import InputError
 
         msg = "settings.accelerator='gpu' but no CUDA device is available; use 'auto' or 'cpu'."
         raise InputError(msg)

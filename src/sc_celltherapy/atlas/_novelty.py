@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from .._checks import InputError
 from .._markers import QUALITY_GENES
-from .._validate import InputError
 
 # The out-of-reference call's false-positive rate: a cell like the held-out reference cells is
 # called "unassigned" with probability at most 1 - OOR_QUANTILE (split-conformal, oor_threshold).

@@ -19,15 +19,15 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._keys import KEYS
-from .._logging import logger, timed
-from .._validate import (
+from .._checks import (
     InputError,
     MissingKeyError,
     NotCountsError,
     UnsupportedFormatError,
     check_counts,
 )
+from .._keys import KEYS
+from .._logging import logger, timed
 from ._cells import obs_column, prepare_obs
 from ._download import as_manifest, default_dest, fetch_files, read_lock
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import InputError
 from .._logging import logger
-from .._validate import InputError
 from ..io import file_sha256
 
 # 2: per-label OOR thresholds; 3: local outlier ratio; 4: conformal threshold; 5: seed ensemble;

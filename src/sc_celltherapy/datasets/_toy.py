@@ -7,9 +7,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._checks import InputError
 from .._keys import KEYS
 from .._markers import PLURIPOTENCY_PANEL
-from .._validate import InputError
 
 # Marker programmes of the populations the generator can plant (published markers, see
 # PRODUCT.md); each population's markers are strongly expressed in it and nearly absent elsewhere.

@@ -8,9 +8,9 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._checks import MissingKeyError
 from .._keys import KEYS
 from .._markers import QUALITY_GENES
-from .._validate import MissingKeyError
 from ._utils import finish, new_figure
 
 

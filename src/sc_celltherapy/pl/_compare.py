@@ -8,8 +8,8 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._checks import MissingKeyError
 from .._keys import KEYS
-from .._validate import MissingKeyError
 from ._utils import finish, new_figure
 
 _COLOURS = {"equivalent": "#2e7d32", "not equivalent": "#c62828", "inconclusive": "#f9a825"}

@@ -9,9 +9,9 @@ import pandas as pd
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._checks import MissingKeyError
 from .._display import VERDICT_COLOURS
 from .._keys import KEYS
-from .._validate import MissingKeyError
 from ._utils import finish, new_figure
 
 

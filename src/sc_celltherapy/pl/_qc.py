@@ -9,9 +9,9 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from .._checks import MissingKeyError
 from .._keys import KEYS
 from .._utils import iter_samples
-from .._validate import MissingKeyError
 from ._utils import finish, new_figure
 
 # (obs column, threshold key in uns, axis label, log x axis)

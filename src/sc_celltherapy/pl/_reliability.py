@@ -9,8 +9,8 @@ import numpy as np
 from anndata import AnnData
 from matplotlib.figure import Figure
 
+from .._checks import MissingKeyError
 from .._keys import KEYS
-from .._validate import MissingKeyError
 from ._clusters import _palette
 from ._utils import finish, new_figure
 

@@ -6,10 +6,10 @@ import numpy as np
 import scanpy as sc
 from anndata import AnnData
 
+from .._checks import InputError, check_lot, get_matrix
 from .._keys import KEYS
 from .._logging import logger, timed
 from .._utils import EXACT_KNN_MAX_CELLS, iter_samples, uns_safe
-from .._validate import InputError, check_lot, get_matrix
 from ._qc import refuse_after_filter
 
 # 10x Genomics' Chromium user guides: about 0.8% multiplets per 1,000 cells recovered.

@@ -11,10 +11,10 @@ from anndata import AnnData
 from scipy.stats import median_abs_deviation
 from sklearn.mixture import GaussianMixture
 
+from .._checks import InputError, MissingKeyError, check_lot
 from .._keys import KEYS
 from .._logging import logger, timed
 from .._utils import iter_samples, uns_safe
-from .._validate import InputError, MissingKeyError, check_lot
 
 # Gene-name patterns of the QC gene sets (sc-best-practices); haemoglobin excludes HBP1 / HBEGF.
 _GENE_SETS = {
@@ -301,12 +301,12 @@ def refuse_after_filter(adata: AnnData, key: str, step: str) -> None:
             f"This lot was already filtered on {key!r} (uns['sct_qc']: {record['n_cells_before']} "
             f"cells before QC, {record['n_cells_after']} after). Running sct.pp.{step} again "
             "would refit it on the remaining cells and flag new ones. Run it on the lot before "
-            "sct.pp.filter_cells."
+            "sct.pp.remove_flagged."
         )
         raise InputError(msg)
 
 
-def filter_cells(
+def remove_flagged(
     adata: AnnData,
     *,
     keys: tuple[str, ...] = (KEYS.LOW_QUALITY, KEYS.DOUBLET),
@@ -334,7 +334,7 @@ def filter_cells(
     >>> import sc_celltherapy as sct
     >>> adata = sct.datasets.toy_product(n_cells=500)
     >>> sct.pp.flag_low_quality(adata)
-    >>> sct.pp.filter_cells(adata)
+    >>> sct.pp.remove_flagged(adata)
     >>> adata.uns["sct_qc"]["n_cells_after"] == adata.n_obs
     True
     """
@@ -377,7 +377,7 @@ def filter_cells(
     first = adata.uns.get(KEYS.QC)
     if first is not None:  # filtered before: the first record stays, this pass is history
         if not remove.any():
-            logger.info("filter_cells: no flagged cell left; the lot is unchanged")
+            logger.info("remove_flagged: no flagged cell left; the lot is unchanged")
             return adata.copy() if copy else None
         history = [
             *first.get("history", []),

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._checks import InputError
 from .._signing import load_public_key, sign, signature_holds
-from .._validate import InputError
 
 GENESIS = "0" * 64
 AUDIT_FILE = "audit.jsonl"

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._checks import InputError
 from .._keys import KEYS
 from .._spec import Spec, SpecError
-from .._validate import InputError
 from ..io import file_sha256
 
 # --reference none: identity from the profile's marker panels alone
@@ -62,7 +62,7 @@ def preflight(
     layer=None,
 ) -> ResolvedInputs:
     from .. import atlas
-    from .._validate import check_obs_key
+    from .._checks import check_obs_key
     from ..tl.checks import (
         check_enough_cells,
         check_genes,

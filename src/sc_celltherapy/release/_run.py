@@ -309,7 +309,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         pp.flag_low_quality(adata, batch_key=batch_key)
         pp.doublets(adata, batch_key=batch_key, random_state=seed)
         qc_png = _png(pl.qc(adata, return_fig=True))  # drawn before the flagged cells are removed
-        pp.filter_cells(adata)  # refuses when no cell would be left
+        pp.remove_flagged(adata)  # refuses when no cell would be left
         check_enough_cells(adata, what="cell(s) left after QC")  # before mapping, not after
     qc = adata.uns[KEYS.QC]
     audit(

@@ -7,9 +7,9 @@ from __future__ import annotations
 from anndata import AnnData
 
 from .. import tl
+from .._checks import InputError
 from .._keys import KEYS
 from .._spec import Spec
-from .._validate import InputError
 from ._preflight import resolve_profile
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._validate import gene_columns, gene_symbols, get_matrix
+from .._checks import gene_columns, gene_symbols, get_matrix
 from ._panels import present_genes
 
 # Cell-cycle programmes of Tirosh et al. 2016 (Science 352:189), as used by Seurat's cc.genes

@@ -5,11 +5,11 @@ from __future__ import annotations
 import scanpy as sc
 from anndata import AnnData
 
+from .._checks import InputError, check_lot, get_matrix
 from .._hvg import seurat_v3_hvg
 from .._keys import KEYS
 from .._logging import timed
 from .._utils import EXACT_KNN_MAX_CELLS, uns_safe
-from .._validate import InputError, check_lot, get_matrix
 
 # Fewer cells give no neighbourhood graph worth the name (15 neighbours by default).
 MIN_CELLS_TO_CLUSTER = 10
@@ -45,7 +45,7 @@ def cluster(
     Parameters
     ----------
     adata
-        Lot with raw counts in ``.X`` or ``layer``, usually after :func:`sct.pp.filter_cells`.
+        Lot with raw counts in ``.X`` or ``layer``, usually after :func:`sct.pp.remove_flagged`.
     n_top_genes
         Number of highly variable genes (capped at the genes available).
     resolution

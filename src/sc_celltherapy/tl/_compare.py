@@ -18,12 +18,12 @@ import pandas as pd
 from anndata import AnnData
 from scipy.stats import norm
 
+from .._checks import InputError, MissingKeyError
 from .._display import html_table, interval, pct, text_table
 from .._keys import KEYS
 from .._logging import logger
 from .._stats import fraction_interval
 from .._utils import plain, uns_safe
-from .._validate import InputError, MissingKeyError
 
 EQUIVALENT, NOT_EQUIVALENT, INCONCLUSIVE = "equivalent", "not equivalent", "inconclusive"
 DEFAULT_MARGIN = 0.05

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 
 from anndata import AnnData
 
+from .._checks import InputError
 from .._keys import KEYS
-from .._validate import InputError
 from . import _panels
 
 TARGET, UNASSIGNED, OTHER = "target", "unassigned", "other reference labels"
@@ -52,10 +52,10 @@ def load_profile_arg(profile) -> dict | None:
     """A profile given by name, path or dict, validated the same way whichever it is."""
     if profile is None:
         return None
-    from ..atlas import load_profile, validate
+    from ..atlas import load_profile, validate_manifest
 
     if isinstance(profile, Mapping):
-        return validate(profile, "profile")
+        return validate_manifest(profile, "profile")
     return load_profile(profile)
 
 

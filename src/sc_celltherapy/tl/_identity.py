@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._checks import MissingKeyError, check_counts
 from .._keys import KEYS
 from .._logging import logger, timed
 from .._utils import uns_safe
-from .._validate import MissingKeyError, check_counts
 from . import _panels
 from ._identities import (
     AMBIGUOUS,
@@ -86,7 +86,7 @@ def identity_score(
         panels of ``profile`` classify cells.
     profile
         Product profile: a shipped name, the path of a YAML file, or a dict (validated like a
-        file, :func:`sc_celltherapy.atlas.validate`).
+        file, :func:`sc_celltherapy.atlas.validate_manifest`).
     layer
         Layer with raw counts; ``None`` uses ``.X``.
     min_z, margin

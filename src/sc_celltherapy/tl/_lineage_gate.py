@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.stats import poisson
 
-from .._validate import gene_columns, get_matrix
+from .._checks import gene_columns, get_matrix
 
 # Poisson tail beyond which gate counts are more than ambient RNA would give a cell.
 AMBIENT_QUANTILE = 0.999

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._checks import InputError, check_lot, get_matrix
 from .._keys import KEYS
 from .._logging import logger
 from .._utils import uns_safe
-from .._validate import InputError, check_lot, get_matrix
 from ..io import guess_species
 
 

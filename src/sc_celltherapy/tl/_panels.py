@@ -29,8 +29,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._checks import gene_columns, get_matrix
 from .._markers import PLURIPOTENCY_PANEL  # noqa: F401  (tl's detector reads it here)
-from .._validate import gene_columns, get_matrix
 
 # A cell is called pluripotent when half or more of the panel sits in the top quarter of its
 # expressed genes: in pluripotent cells these are among the most abundant transcripts, while

@@ -12,12 +12,12 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _stats
+from .._checks import InputError, MissingKeyError, check_counts, gene_columns, get_matrix
 from .._display import html_table, interval, pct, text_table
 from .._keys import KEYS
 from .._logging import logger
 from .._spec import DETECTION_RULE, Spec
 from .._utils import plain, uns_safe
-from .._validate import InputError, MissingKeyError, check_counts, gene_columns, get_matrix
 from . import _cell_cycle
 from ._identities import AMBIGUOUS, TARGET, UNASSIGNED, impurity_classes, records_by_name
 from ._panels import MIN_PANEL_GENES as _PLURI_MIN_GENES
@@ -184,7 +184,7 @@ def assess_purity(
     phase S or G2M, deterministic), ``unassigned`` (out of the reference), ``ambiguous`` (with
     a reference: the cell's conformal label set spans the target and an impurity, so argmax
     would split it), all as fractions of cells passing QC; ``doublets`` and ``low_quality`` as fractions of all barcodes called cells (from
-    ``uns["sct_qc"]`` of :func:`~sc_celltherapy.pp.filter_cells`, or from the QC flags when
+    ``uns["sct_qc"]`` of :func:`~sc_celltherapy.pp.remove_flagged`, or from the QC flags when
     cells were flagged but not removed). The transgene-positive fraction (a count in any
     ``spec.transgene_features``) is reported as a lower bound. Several channels of one lot are
     pooled (their cells summed) before intervals are computed.
@@ -286,7 +286,7 @@ def assess_purity(
     for cls in spec.max_impurity:
         if cls not in rows:
             why = (
-                "run sct.pp.flag_low_quality / sct.pp.doublets before filter_cells"
+                "run sct.pp.flag_low_quality / sct.pp.doublets before remove_flagged"
                 if cls in _QC_CLASSES
                 else "ambiguous cells come from a reference's conformal label sets; map the "
                 "lot onto a reference (marker panels call such cells unassigned)"
@@ -347,7 +347,7 @@ def _assessed_cells(adata: AnnData):
     qc = adata.uns.get(KEYS.QC)
     present_flags = [f for f in _QC_CLASSES.values() if f in adata.obs]
     if qc is not None:
-        # filter_cells removed the flagged cells; it recorded how many, per flag
+        # remove_flagged removed the flagged cells; it recorded how many, per flag
         excluded = {k: int(v) for k, v in qc["n_removed"].items()}
         return np.ones(adata.n_obs, bool), int(qc["n_cells_before"]), excluded, notes
     if present_flags:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from anndata import AnnData
 
+from .._checks import InputError
 from .._spec import Spec
-from .._validate import InputError
 from ._cluster import MIN_CELLS_TO_CLUSTER
 from ._identities import (
     RESIDUAL_PLURIPOTENT,
