@@ -72,6 +72,30 @@ def test_datasets_are_keyword_only():
             assert p.kind is inspect.Parameter.KEYWORD_ONLY
 
 
+def test_progress_bar_follows_verbosity_and_whether_anyone_watches(monkeypatch):
+    """Mapping was silent for minutes at the default verbosity; a log file (Snakemake, SLURM)
+    must not fill with bar redraws."""
+    import io
+    import sys
+
+    settings = sct.settings
+    old = settings.verbosity
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file
+    try:
+        settings.verbosity = "warning"
+        assert settings.progress_bar is False
+        monkeypatch.setitem(sys.modules, "ipykernel", object())  # a notebook kernel
+        assert settings.progress_bar is True
+        settings.verbosity = "error"
+        assert settings.progress_bar is False
+        monkeypatch.delitem(sys.modules, "ipykernel")
+        settings.verbosity = "info"
+        assert settings.progress_bar is True
+    finally:
+        settings.verbosity = old
+
+
 def test_settings_validate():
     with pytest.raises(ValueError, match="accelerator"):
         sct.settings.accelerator = "tpu"

@@ -18,6 +18,18 @@ def _default_cache_dir() -> Path:
     return Path(xdg) / "sc_celltherapy" if xdg else Path.home() / ".cache" / "sc_celltherapy"
 
 
+def _interactive() -> bool:
+    """A notebook kernel, or a terminal on stderr (where progress bars are drawn)."""
+    import sys
+
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
 @dataclass
 class Settings:
     """Package-wide settings.
@@ -25,7 +37,9 @@ class Settings:
     Attributes
     ----------
     verbosity
-        Level name of the ``sc_celltherapy`` logger (``"warning"``, ``"info"``, ``"debug"``).
+        Level name of the ``sc_celltherapy`` logger (``"error"``, ``"warning"``, ``"info"``,
+        ``"debug"``). It also governs progress bars (:attr:`progress_bar`) and the training
+        libraries' own lines (lightning's banners appear at ``"debug"`` only).
     accelerator
         ``"auto"`` uses a GPU when one is present, ``"cpu"`` never does, ``"gpu"`` requires one.
     cache_dir
@@ -48,6 +62,15 @@ class Settings:
             raise ValueError(msg)
         self._verbosity = level
         logging.getLogger("sc_celltherapy").setLevel(level.upper())
+
+    @property
+    def progress_bar(self) -> bool:
+        """Whether model training shows a progress bar: at ``"info"`` and ``"debug"`` always;
+        at the default ``"warning"`` when someone is watching (a terminal or a notebook), not
+        in a log file (Snakemake, SLURM); never at ``"error"``."""
+        if self._verbosity == "error":
+            return False
+        return self._verbosity in ("info", "debug") or _interactive()
 
     @property
     def accelerator(self) -> str:

@@ -34,12 +34,12 @@ def accelerator() -> str:
 
 @contextmanager
 def quiet_training():
-    """Silence lightning's banner lines unless the package logs at info level or below, and
+    """Silence lightning's banner lines unless the package logs at debug level, and
     give back an interrupt as an interrupt: lightning turns Ctrl-C (and the CLI's SIGTERM)
     during a fit into ``sys.exit(1)`` after ignoring SIGINT for good."""
     names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi")
     old = {n: logging.getLogger(n).level for n in names}
-    if settings.verbosity in ("warning", "error"):
+    if settings.verbosity != "debug":  # "Seed set to 0", "GPU available: False", tips
         for n in names:
             logging.getLogger(n).setLevel(logging.ERROR)
     try:
@@ -72,7 +72,7 @@ def _trainer_kwargs() -> dict:
     return {
         "accelerator": accelerator(),
         "devices": 1,
-        "enable_progress_bar": settings.verbosity in ("info", "debug"),
+        "enable_progress_bar": settings.progress_bar,
         "enable_model_summary": False,
         "logger": False,
     }
