@@ -7,6 +7,7 @@ function needs them.
 
 from . import atlas, datasets, io, pl, pp, release, tl, validation
 from ._checks import InputError
+from ._keys import KEYS
 from ._settings import settings
 from ._version import __version__
 
@@ -21,5 +22,6 @@ __all__ = [
     "validation",
     "settings",
     "InputError",
+    "KEYS",
     "__version__",
 ]
