@@ -28,6 +28,9 @@ from sc_celltherapy.atlas._recipe import (
     read_cef,
 )
 
+_REAL_CONNECT = socket.socket.connect
+_REAL_CREATE_CONNECTION = socket.create_connection
+
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
@@ -105,6 +108,60 @@ def test_fetch_pinned_hash_downloads_and_verifies(remote):
     # a second fetch verifies the local copy and downloads nothing: the source may be gone
     path.unlink()
     assert sct.atlas.fetch(manifest, dest=dest) == {"data.bin": dest / "data.bin"}
+
+
+@pytest.fixture
+def http_remote(remote, monkeypatch):
+    """The remote folder served over HTTP on the loopback interface (the only address a test
+    may connect to), for pooch's downloader."""
+    import functools
+    import http.server
+    import threading
+
+    def loopback_only(connect):
+        def guarded(*args, **kwargs):
+            address = args[-1] if connect is _REAL_CONNECT else args[0]
+            if address[0] not in ("127.0.0.1", "localhost"):
+                raise AssertionError("a test tried to use the network")
+            return connect(*args, **kwargs)
+
+        return guarded
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only(_REAL_CONNECT))
+    monkeypatch.setattr(socket, "create_connection", loopback_only(_REAL_CREATE_CONNECTION))
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    path, dest = remote
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield path, dest, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_over_http_with_pooch(http_remote):
+    path, dest, base = http_remote
+    data = path.read_bytes()
+    manifest = _atlas(
+        [{"filename": "data.bin", "url": f"{base}/data.bin", "sha256": _sha(data)}],
+        {"reader": "h5ad", "matrix": "data.bin", "counts": "X"},
+    )
+    assert sct.atlas.fetch(manifest, dest=dest) == {"data.bin": dest / "data.bin"}
+    assert (dest / "data.bin").read_bytes() == data and _leftovers(dest) == []
+    # a wrong hash keeps nothing; a missing file is named with the server's answer
+    manifest["source"][0].update(url=f"{base}/data.bin", sha256=_sha(b"other"))
+    with pytest.raises(HashMismatchError, match="Nothing was overwritten"):
+        sct.atlas.fetch(manifest, dest=dest, force=True)
+    assert (dest / "data.bin").read_bytes() == data and _leftovers(dest) == []
+    manifest["source"][0].update(filename="gone.bin", url=f"{base}/gone.bin")
+    manifest["build"]["matrix"] = "gone.bin"
+    with pytest.raises(FetchError, match="Could not download gone.bin.*404"):
+        sct.atlas.fetch(manifest, dest=dest)
+    assert not (dest / "gone.bin").exists() and _leftovers(dest) == []
 
 
 def test_fetch_refuses_a_download_with_the_wrong_hash(remote):
@@ -598,10 +655,26 @@ def test_pbmc_demo_prepares_offline():
 
 
 def test_build_from_manifest_pbmc_demo(tmp_path):
+    """Every model key the manifest schema accepts reaches the models (n_hidden and
+    n_samples_per_label were once accepted and ignored)."""
+    import copy
+
+    import torch
+
+    recipe = copy.deepcopy(sct.atlas.load_manifest("pbmc_demo"))
+    recipe["model"]["scvi"]["n_hidden"] = 64
+    recipe["model"]["scanvi"]["n_samples_per_label"] = 50
     bundle = sct.atlas.build_from_manifest(
-        "pbmc_demo", out_dir=tmp_path / "bundle", max_epochs=2, scanvi_max_epochs=1
+        recipe, out_dir=tmp_path / "bundle", max_epochs=2, scanvi_max_epochs=1
     )
     manifest = bundle.manifest
+    assert manifest["model"]["n_hidden"] == 64 and manifest["model"]["n_samples_per_label"] == 50
+    saved = torch.load(bundle.member_dirs[0] / "model.pt", weights_only=False)
+    weights = saved["model_state_dict"]
+    first = next(
+        v for k, v in weights.items() if k.startswith("z_encoder") and k.endswith("weight")
+    )
+    assert 64 in first.shape  # the encoder's hidden layer
     assert (bundle.name, bundle.version) == ("pbmc_demo", "1.7")
     # the manifest's lineage level becomes the bundle's label hierarchy
     assert manifest["coarse_key"] == "cell_lineage"

@@ -159,6 +159,12 @@ def test_schema_error_for_a_missing_and_an_unknown_key(demo_atlas):
         sct.atlas.validate_manifest(demo_atlas, "atlas")
 
 
+def test_schema_refuses_an_hvg_flavour_the_build_does_not_implement(demo_atlas):
+    demo_atlas["model"]["hvg_flavor"] = "seurat"
+    with pytest.raises(ManifestError, match=r"\$\.model\.hvg_flavor.*seurat_v3"):
+        sct.atlas.validate_manifest(demo_atlas, "atlas")
+
+
 def test_schema_requires_a_policy_for_a_null_hash(demo_atlas):
     demo_atlas["source"] = [{"filename": "a.h5ad", "url": "https://example.org/a", "sha256": None}]
     demo_atlas["build"].update(reader="h5ad", matrix="a.h5ad")

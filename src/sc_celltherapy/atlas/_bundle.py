@@ -58,8 +58,10 @@ def build(
     n_hvg: int = 2000,
     n_latent: int = 10,
     n_layers: int = 1,
+    n_hidden: int = 128,
     max_epochs: int | None = None,
     scanvi_max_epochs: int = 20,
+    n_samples_per_label: int | None = 100,
     holdout_fraction: float = 0.2,
     species: str | None = None,
     n_members: int = N_MEMBERS,
@@ -103,8 +105,11 @@ def build(
         Layer with raw counts; ``None`` uses ``.X``.
     n_hvg
         Genes kept (seurat_v3 highly variable genes) when the reference has more.
-    n_latent, n_layers, max_epochs, scanvi_max_epochs
+    n_latent, n_layers, n_hidden, max_epochs, scanvi_max_epochs
         Model settings (``max_epochs=None``: scvi-tools' heuristic for scVI).
+    n_samples_per_label
+        Labelled cells sampled per label in each scANVI epoch (``None``: all), so that a rare
+        label weighs in the classifier as much as a common one.
     holdout_fraction
         With a single batch: the fraction of each label's cells held out for calibration.
     species
@@ -148,8 +153,10 @@ def build(
         "unlabeled": UNLABELED,
         "n_latent": n_latent,
         "n_layers": n_layers,
+        "n_hidden": n_hidden,
         "max_epochs": max_epochs,
         "scanvi_max_epochs": scanvi_max_epochs,
+        "n_samples_per_label": n_samples_per_label,
     }
     truth = ref.obs[labels_key].astype(str).to_numpy()
     all_labels = sorted(set(truth))
@@ -239,6 +246,8 @@ def build(
             "class": "scvi.model.SCANVI",
             "n_latent": n_latent,
             "n_layers": n_layers,
+            "n_hidden": n_hidden,
+            "n_samples_per_label": n_samples_per_label,
             "architecture": dict(_model.ARCHES_PARAMS),
             "hvg": dict(ref.uns[KEYS.HVG]),
             "max_epochs": max_epochs,

@@ -1,18 +1,19 @@
 """Download an atlas's source files, hash-verified (building from them: :mod:`._recipe`).
 
-``fetch`` streams each file to a temporary name in the download folder and renames it into
-place only once its sha256 matches: the manifest's pinned hash, or, for files whose hash cannot
-be known in advance (``sha256: null``, trust on first use), the hash recorded in the folder's
-lock file ``hashes.json`` by the first download. A mismatch never overwrites anything.
+``fetch`` downloads each file (pooch's HTTP downloader; a ``file://`` mirror is copied) to a
+temporary name in the download folder and renames it into place only once its sha256 matches:
+the manifest's pinned hash, or, for files whose hash cannot be known in advance
+(``sha256: null``, trust on first use), the hash recorded in the folder's lock file
+``hashes.json`` by the first download. A mismatch never overwrites anything.
 
 Nothing here touches the network unless a file is missing (or ``force=True``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,8 +31,6 @@ LOCK_FILE = "hashes.json"
 LOCK_FORMAT = 1
 _TIMEOUT_S = 60
 _CHUNK = 1 << 20
-_LOG_EVERY = 256 << 20  # progress line every 256 MiB
-# What sct.atlas.build does for settings it does not expose (scvi-tools defaults, our flavour).
 
 
 class FetchError(InputError):
@@ -133,23 +132,21 @@ def _resolve_url(src: Mapping) -> tuple[str, dict]:
 
 
 def _download_to_temp(url: str, dest: Path, filename: str) -> tuple[Path, str, int]:
-    """Stream ``url`` into a temporary file in ``dest``, hashing as it goes."""
+    """Download ``url`` into a temporary file in ``dest`` (pooch's HTTP downloader, with a
+    progress bar when someone watches; a ``file://`` URL, a lab's local mirror, is copied) and
+    return it with its sha256 and size. Nothing is renamed into place here: the caller does
+    that only once the hash matches."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=dest)
+    os.close(fd)
     tmp = Path(tmp_name)
-    digest = hashlib.sha256()
-    size = 0
     try:
-        with os.fdopen(fd, "wb") as out, _urlopen(url) as resp:
-            total = resp.headers.get("Content-Length") if resp.headers else None
-            next_log = _LOG_EVERY
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                if size >= next_log:
-                    logger.info("%s: %d MiB of %s", filename, size >> 20, total or "?")
-                    next_log += _LOG_EVERY
-    except OSError as err:
+        if url.startswith("file://"):
+            from urllib.parse import unquote, urlparse
+
+            shutil.copyfile(unquote(urlparse(url).path), tmp)
+        else:
+            _pooch_download(url, tmp)
+    except (OSError, ValueError) as err:  # requests' errors are OSErrors
         tmp.unlink(missing_ok=True)
         msg = (
             f"Could not download {filename} from {url}: {err}. Check the network (or proxy "
@@ -159,7 +156,26 @@ def _download_to_temp(url: str, dest: Path, filename: str) -> tuple[Path, str, i
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return tmp, digest.hexdigest(), size
+    return tmp, file_sha256(tmp), tmp.stat().st_size
+
+
+def _pooch_download(url: str, target: Path) -> None:
+    import pooch
+
+    from .._version import __version__
+
+    if url.startswith("ftp://"):
+        downloader = pooch.FTPDownloader(
+            timeout=_TIMEOUT_S, progressbar=settings.progress_bar, chunk_size=_CHUNK
+        )
+    else:
+        downloader = pooch.HTTPDownloader(
+            progressbar=settings.progress_bar,
+            chunk_size=_CHUNK,
+            timeout=_TIMEOUT_S,
+            headers={"User-Agent": f"sc-celltherapy/{__version__}"},
+        )
+    downloader(url, str(target), None)
 
 
 def _expected(src: Mapping, lock: dict, lock_path: Path) -> tuple[str | None, str]:

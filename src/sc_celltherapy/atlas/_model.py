@@ -92,8 +92,10 @@ def train_scanvi(
     unlabeled,
     n_latent,
     n_layers,
+    n_hidden,
     max_epochs,
     scanvi_max_epochs,
+    n_samples_per_label,
     seed,
 ):
     import scvi
@@ -101,7 +103,9 @@ def train_scanvi(
     with quiet_training():
         _seed(seed)
         scvi.model.SCVI.setup_anndata(train, batch_key=batch_key, labels_key=labels_key)
-        vae = scvi.model.SCVI(train, n_latent=n_latent, n_layers=n_layers, **ARCHES_PARAMS)
+        vae = scvi.model.SCVI(
+            train, n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden, **ARCHES_PARAMS
+        )
         vae.train(max_epochs=max_epochs, train_size=1.0, **_trainer_kwargs())
         _seed(seed)
         lvae = scvi.model.SCANVI.from_scvi_model(
@@ -110,7 +114,7 @@ def train_scanvi(
         lvae.train(
             max_epochs=scanvi_max_epochs,
             train_size=1.0,
-            n_samples_per_label=100,
+            n_samples_per_label=n_samples_per_label,
             **_trainer_kwargs(),
         )
     return lvae

@@ -31,8 +31,6 @@ from .._logging import logger, timed
 from ._cells import obs_column, prepare_obs
 from ._download import as_manifest, default_dest, fetch_files, read_lock
 
-_BUILD_IMPLICIT = {"n_hidden": 128, "hvg_flavor": "seurat_v3", "n_samples_per_label": 100}
-
 
 def _read_embedded(build: Mapping) -> AnnData:
     module_name, _, func_name = build["function"].rpartition(".")
@@ -433,6 +431,8 @@ def build_from_manifest(
         "n_hvg": model["n_hvg"],
         "n_latent": model["scvi"]["n_latent"],
         "n_layers": model["scvi"]["n_layers"],
+        "n_hidden": model["scvi"].get("n_hidden", 128),
+        "n_samples_per_label": model["scanvi"].get("n_samples_per_label", 100),
         "max_epochs": max_epochs if max_epochs is not None else model["scvi"]["max_epochs"],
         "scanvi_max_epochs": scanvi_max_epochs
         if scanvi_max_epochs is not None
@@ -444,21 +444,5 @@ def build_from_manifest(
         else None,
         "seed": seed if seed is not None else manifest["build"].get("seed", 0),
     }
-    # settings sct.atlas.build does not expose: it always uses _BUILD_IMPLICIT; say so when a
-    # manifest asks for something else
-    asked = {
-        "n_hidden": model["scvi"].get("n_hidden"),
-        "hvg_flavor": model.get("hvg_flavor"),
-        "n_samples_per_label": model["scanvi"].get("n_samples_per_label"),
-    }
-    for key, value in asked.items():
-        if value is not None and value != _BUILD_IMPLICIT[key]:
-            logger.warning(
-                "manifest %s sets %s=%r, which sct.atlas.build does not expose (it uses %r)",
-                manifest["name"],
-                key,
-                value,
-                _BUILD_IMPLICIT[key],
-            )
     with timed(f"building reference bundle {manifest['name']} v{manifest['version']}"):
         return build(ref, **kwargs)
