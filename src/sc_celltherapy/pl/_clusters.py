@@ -11,9 +11,10 @@ from matplotlib.figure import Figure
 from .._checks import MissingKeyError
 from .._keys import KEYS
 from .._markers import QUALITY_GENES
-from ._utils import finish, new_figure
+from ._utils import doc_show_save, finish, new_figure
 
 
+@doc_show_save
 def clusters(
     adata: AnnData,
     *,
@@ -38,12 +39,7 @@ def clusters(
         Leave mitochondrial, ribosomal and housekeeping genes (:data:`HOUSEKEEPING`) out of the
         listed markers: they name a cluster by its quality, not its identity. The full marker
         table stays in ``adata.uns[f"{key}_markers"]``.
-    save
-        Path to save the figure to (format from its suffix).
-    show
-        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
-    return_fig
-        Return the figure instead of showing it.
+    {show_save}
 
     Returns
     -------

@@ -10,11 +10,12 @@ from matplotlib.figure import Figure
 
 from .._checks import MissingKeyError
 from .._keys import KEYS
-from ._utils import finish, new_figure
+from ._utils import doc_show_save, finish, new_figure
 
 _COLOURS = {"equivalent": "#2e7d32", "not equivalent": "#c62828", "inconclusive": "#f9a825"}
 
 
+@doc_show_save
 def compare_lots(
     adata: AnnData,
     *,
@@ -34,12 +35,7 @@ def compare_lots(
         The new lot after :func:`sct.tl.compare_lots`.
     key
         ``key_added`` of :func:`sct.tl.compare_lots`.
-    save
-        Path to save the figure to (format from its suffix).
-    show
-        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
-    return_fig
-        Return the figure instead of showing it.
+    {show_save}
     ax
         A matplotlib axes to draw into (this plot has one panel).
 

@@ -12,9 +12,10 @@ from matplotlib.figure import Figure
 from .._checks import MissingKeyError
 from .._display import VERDICT_COLOURS
 from .._keys import KEYS
-from ._utils import finish, new_figure
+from ._utils import doc_show_save, finish, new_figure
 
 
+@doc_show_save
 def identity(
     adata: AnnData,
     *,
@@ -35,12 +36,7 @@ def identity(
         ``key_added`` of :func:`sct.tl.identity_score`.
     groupby
         Column of ``.obs`` to group the score distributions by.
-    save
-        Path to save the figure to (format from its suffix).
-    show
-        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
-    return_fig
-        Return the figure instead of showing it.
+    {show_save}
 
     Returns
     -------
@@ -119,6 +115,7 @@ OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#D55E00", "#CC79A7", "#0072B2", "
 TARGET_GREY = "#c8c8c8"
 
 
+@doc_show_save
 def composition(
     adata: AnnData,
     *,
@@ -135,12 +132,7 @@ def composition(
         Lot after :func:`sct.tl.assess_purity`.
     key
         ``key_added`` of :func:`sct.tl.assess_purity`.
-    save
-        Path to save the figure to (format from its suffix).
-    show
-        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
-    return_fig
-        Return the figure instead of showing it.
+    {show_save}
 
     Returns
     -------

@@ -12,7 +12,7 @@ from matplotlib.ticker import NullFormatter
 from .._checks import MissingKeyError
 from .._keys import KEYS
 from .._utils import iter_samples
-from ._utils import finish, new_figure
+from ._utils import doc_show_save, finish, new_figure
 
 # (obs column, threshold key in uns, axis label, log x axis)
 _PANELS = (
@@ -23,6 +23,7 @@ _PANELS = (
 )
 
 
+@doc_show_save
 def qc(
     adata: AnnData,
     *,
@@ -39,12 +40,7 @@ def qc(
         Lot after :func:`sct.pp.qc_metrics` (and :func:`sct.pp.flag_low_quality` for thresholds).
     key
         ``key_added`` of :func:`sct.pp.flag_low_quality` whose thresholds are drawn.
-    save
-        Path to save the figure to (format from its suffix).
-    show
-        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
-    return_fig
-        Return the figure instead of showing it.
+    {show_save}
 
     Returns
     -------

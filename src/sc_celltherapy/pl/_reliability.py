@@ -12,9 +12,10 @@ from matplotlib.figure import Figure
 from .._checks import MissingKeyError
 from .._keys import KEYS
 from ._clusters import _palette
-from ._utils import finish, new_figure
+from ._utils import doc_show_save, finish, new_figure
 
 
+@doc_show_save
 def reliability(
     adata: AnnData,
     *,
@@ -36,12 +37,7 @@ def reliability(
         Lot after :func:`sct.tl.map_to_reference`.
     reference_key
         ``key_added`` of :func:`sct.tl.map_to_reference`.
-    save
-        Path to save the figure to (format from its suffix).
-    show
-        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
-    return_fig
-        Return the figure instead of showing it.
+    {show_save}
 
     Returns
     -------

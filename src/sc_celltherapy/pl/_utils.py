@@ -13,6 +13,21 @@ from matplotlib.figure import Figure
 _NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
 
 
+# scanpy's show / return_fig / save parameters, documented once (as scanpy's _doc_params does)
+SHOW_SAVE_DOC = """save
+        Path to save the figure to (format from its suffix).
+    show
+        Show the figure (``None``: when the matplotlib backend can, as in a notebook).
+    return_fig
+        Return the figure instead of showing it."""
+
+
+def doc_show_save(func):
+    """Fill ``{show_save}`` in a plotting function's docstring."""
+    func.__doc__ = func.__doc__.replace("{show_save}", SHOW_SAVE_DOC)
+    return func
+
+
 def new_figure(nrows: int, ncols: int, *, cell: tuple[float, float] = (4, 3.5), ax=None):
     """A pyplot figure, so that notebook backends and ``plt.show()`` see it; or, for a
     single-panel plot, the caller's ``ax`` and its figure."""
