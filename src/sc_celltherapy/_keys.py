@@ -22,6 +22,7 @@ class _Keys(NamedTuple):
     REF: str = "sct_ref"  # uns (and obs prefix): mapping onto a reference bundle
     IDENTITY: str = "sct_identity"  # obs: identity score; uns: method, rules, identities
     IDENTITY_CLASS: str = "sct_identity_class"  # obs: each cell's identity class
+    SEX: str = "sct_sex"  # obs: each cell's sex evidence; uns: the lot's call (chain of identity)
     PURITY: str = "sct_purity"  # uns: the purity table against a spec
     COMPARE: str = "sct_compare"  # uns: a lot against qualified lots
     RELEASE: str = "sct_release"  # uns: the release that wrote this lot.h5ad

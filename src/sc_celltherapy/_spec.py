@@ -34,9 +34,13 @@ _FIELDS = (
     "max_positive",
     "transgene_features",
     "comparability_margin",
+    "expected_sex",
+    "single_donor",
     "example",
     "note",
 )
+# Written only when set, so a spec written before these fields keeps its YAML and its hash.
+_OPTIONAL_FIELDS = ("expected_sex", "single_donor")
 
 
 # The spec's JSON Schema, shipped beside this module; its "$id" names the format.
@@ -131,6 +135,14 @@ class Spec:
         the largest absolute difference in an identity class's fraction between a new lot and
         the qualified lots that still counts as equivalent, per class name, with ``"default"``
         for the classes not named.
+    expected_sex
+        The donor's recorded sex (``"female"`` or ``"male"``) for the chain of identity: a lot
+        whose cells say otherwise FAILs (:func:`~sc_celltherapy.tl.donor_sex`); a lot without
+        XIST or chrY genes, or with too few cells carrying them, is INCONCLUSIVE, never PASS.
+        ``None``: not judged (the evidence is still reported).
+    single_donor
+        ``True`` for an autologous or single-donor product: cells of both sexes above the mix
+        limit FAIL the lot as a possible mix of donors. ``None``: not judged.
     example
         True for the example specs shipped with profiles (never a regulatory limit).
     note
@@ -155,6 +167,8 @@ class Spec:
     max_positive: Mapping[str, MarkerGate] = field(default_factory=dict)
     transgene_features: tuple[str, ...] = ()
     comparability_margin: Mapping[str, float] = field(default_factory=dict)
+    expected_sex: str | None = None
+    single_donor: bool | None = None
     example: bool = False
     note: str = ""
 
@@ -224,6 +238,12 @@ class Spec:
             if not ok or math.isnan(value) or not 0 <= value <= 1:
                 msg = f"Spec {name} = {value!r} is not a fraction in [0, 1]."
                 raise SpecError(msg)
+        if self.expected_sex not in (None, "female", "male"):
+            msg = f"Spec expected_sex must be 'female', 'male' or null, got {self.expected_sex!r}."
+            raise SpecError(msg)
+        if self.single_donor not in (None, True, False):
+            msg = f"Spec single_donor must be true, false or null, got {self.single_donor!r}."
+            raise SpecError(msg)
         if self.min_target_fraction > self.max_target_fraction:
             msg = (
                 f"Spec min_target_fraction ({self.min_target_fraction}) is above "
@@ -245,7 +265,7 @@ class Spec:
             raise SpecError(msg)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "product": self.product,
             "target": list(self.target),
             "min_target_fraction": self.min_target_fraction,
@@ -256,9 +276,12 @@ class Spec:
             "max_positive": {k: g.to_yaml_value(k) for k, g in self.max_positive.items()},
             "transgene_features": list(self.transgene_features),
             "comparability_margin": dict(self.comparability_margin),
+            "expected_sex": self.expected_sex,
+            "single_donor": self.single_donor,
             "example": self.example,
             "note": self.note,
         }
+        return {k: v for k, v in out.items() if k not in _OPTIONAL_FIELDS or v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "spec") -> Spec:

@@ -85,6 +85,11 @@ def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
     # the CAR transgene is reported, as a lower bound
     assert r["purity"]["transgene"]["features"] == ["CAT_scFv"]
     assert r["purity"]["transgene"]["lower_bound"] is True
+    # the donor's sex is read from the cells and reported; the example spec judges nothing
+    donor = r["purity"]["chain_of_identity"]
+    assert donor["call"] == "male" and donor["verdict"] is None
+    assert donor["n"]["male"] > 400 and donor["n"]["female"] == 0
+    assert "id='chain-of-identity'" in (out / "report.html").read_text()
     run = r[PER_RUN_KEY]
     assert set(run["timings_s"]) >= {"read", "qc", "map", "identity", "purity", "report"}
     assert run["operator"] == "tester" and "cpu_count" in run["hardware"]
@@ -101,6 +106,31 @@ def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
     assert written["results.json"] == sct.io.file_sha256(out / "results.json")
     assert written["report.html"] == sct.io.file_sha256(out / "report.html")
     assert {x["operator"] for x in records} == {"tester"}
+
+
+def test_a_lot_recorded_as_another_sex_fails_its_chain_of_identity(
+    cart_product_path, demo_bundle, tmp_path
+):
+    """Patient P02's product released against a record that says the donor is female: the
+    lot FAILs on the chain of identity alone (every other criterion passes, as above)."""
+    import dataclasses
+
+    from sc_celltherapy.release import Spec
+
+    spec = dataclasses.replace(
+        Spec.from_profile("car_t_demo"), expected_sex="female", single_donor=True
+    )
+    spec.to_yaml(tmp_path / "spec.yaml")
+    out = tmp_path / "swapped"
+    args = [cart_product_path, "--spec", tmp_path / "spec.yaml", "--product", "car_t_demo"]
+    args += ["--reference", demo_bundle.path, "--lot-id", "P02-M0", "--operator", "tester"]
+    assert _release(args, out) == 0
+    r = json.loads((out / "results.json").read_text())
+    donor = r["purity"]["chain_of_identity"]
+    assert r["verdict"] == "FAIL" and donor["verdict"] == "FAIL"
+    assert "the record says female" in donor["reason"]
+    assert all(c["verdict"] == "PASS" for c in r["criteria"])
+    assert "the record says female" in (out / "report.html").read_text()
 
 
 def test_release_is_deterministic(cart_releases):

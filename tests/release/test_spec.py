@@ -105,6 +105,17 @@ def test_single_names_none_and_yaml_strings_read_as_meant():
         Spec.from_yaml("missing.yaml")
 
 
+def test_chain_of_identity_fields_round_trip_and_leave_older_specs_unchanged():
+    spec = Spec(product="p", target="T cells", expected_sex="male", single_donor=True)
+    assert Spec.from_yaml(spec.to_yaml()) == spec
+    with pytest.raises(SpecError, match="expected_sex must be 'female', 'male' or null"):
+        Spec.from_yaml("product: p\ntarget: [T cells]\nexpected_sex: M\n")
+    with pytest.raises(SpecError, match="single_donor must be true, false or null"):
+        Spec(product="p", target="T cells", single_donor="yes")
+    # a spec that states neither is written as before, so its hash does not move
+    assert "expected_sex" not in Spec(product="p", target="T cells").to_yaml()
+
+
 def test_spec_schema_holds_every_shipped_example_and_refuses_what_the_dataclass_allows():
     """The JSON Schema ships with the package: every profile's example spec, written out,
     validates; a value the dataclass lets through (a numeric note) is refused by it, naming the

@@ -141,6 +141,38 @@ def _gate_text(gate: dict | None) -> str:
     )
 
 
+def _chain_of_identity(donor: dict | None) -> str:
+    """The donor's sex from the cells (id ``chain-of-identity``): the call, its evidence, the
+    verdict against the spec when it states one, and what the check cannot see."""
+    if not donor:
+        return ""
+    n = donor["n"]
+    evidence = (
+        f"{n['female']:,} cells female (XIST, no chrY gene), {n['male']:,} male (chrY gene, no "
+        f"XIST), {n['both']:,} both, {n['none']:,} neither"
+    )
+    if "male_fraction" in donor:
+        evidence += (
+            f"; male share {_pct(donor['male_fraction'])} "
+            f"[{_pct(donor['ci_low'])} – {_pct(donor['ci_high'])}]"
+        )
+    verdict = donor.get("verdict")
+    judged = (
+        f" Verdict: <span class='verdict {verdict}'>{verdict}</span>, "
+        f"{escape(str(donor.get('reason', '')))}."
+        if verdict
+        else " Not judged: the spec states neither expected_sex nor single_donor."
+    )
+    reason = f" ({escape(donor['reason'])})" if donor["call"] == "not assessable" else ""
+    return (
+        f"<h2>Chain of identity</h2><p id='chain-of-identity'>Donor sex from the cells: "
+        f"<b>{escape(donor['call'])}</b>{reason}; {evidence}.{judged}</p>"
+        "<p>What this cannot see: a lot swapped with a donor of the same sex, or a second donor "
+        f"below about {_pct(donor['mix_limit'])} of the informative cells; genotype-based "
+        "demultiplexing of the reads does.</p>"
+    )
+
+
 def render_report(results: dict, figures: dict[str, bytes]) -> str:
     """The HTML text of the report for ``results`` (results.json) and PNG ``figures``."""
     run = results.get("run", {})
@@ -163,6 +195,7 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
             f"[{_pct(transgene.get('ci_low'))} – {_pct(transgene.get('ci_high'))}], a "
             f"<b>lower bound</b>: {escape(str(transgene.get('reason', '')))}</p>"
         )
+    chain_html = _chain_of_identity(purity.get("chain_of_identity"))
     qc = results["qc"]
     qc_rows = [("barcodes called cells", f"{qc['n_barcodes']:,}")]
     qc_rows += [(f"excluded: {k}", f"{v:,}") for k, v in qc["excluded"].items()]
@@ -218,6 +251,7 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         "INCONCLUSIVE: the interval straddles the limit (more cells needed, as shown).</p>",
         _unlimited_table(results),
         transgene_html,
+        chain_html,
         reliability_html,
         "<h2>Quality control</h2>",
         _kv_table(qc_rows),

@@ -3,6 +3,7 @@
 from . import checks
 from ._cluster import cluster
 from ._compare import LotComparison, compare_lots
+from ._donor_sex import donor_sex
 from ._identities import identity_records
 from ._identity import IdentityWarning, identity_score
 from ._map import MappingWarning, map_to_reference
@@ -18,6 +19,7 @@ __all__ = [
     "assess_purity",
     "PurityReport",
     "compare_lots",
+    "donor_sex",
     "LotComparison",
     "checks",
 ]

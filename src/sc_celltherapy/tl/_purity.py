@@ -19,6 +19,7 @@ from .._logging import logger
 from .._spec import DETECTION_RULE, Spec
 from .._utils import plain, uns_safe
 from . import _cell_cycle
+from ._donor_sex import donor_sex, judge_donor
 from ._identities import AMBIGUOUS, TARGET, UNASSIGNED, impurity_classes, records_by_name
 from ._panels import MIN_PANEL_GENES as _PLURI_MIN_GENES
 
@@ -69,6 +70,7 @@ class PurityReport:
     marker_gates: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=GATE_COLUMNS), repr=False
     )
+    chain_of_identity: dict[str, Any] | None = None  # donor sex (:func:`donor_sex`), judged
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values (``None`` where there is no limit or verdict)."""
@@ -86,6 +88,7 @@ class PurityReport:
                 "lod95": self.lod95,
                 "verdict": self.verdict,
                 "transgene": self.transgene,
+                "chain_of_identity": self.chain_of_identity,
                 "spec": self.spec,
                 "notes": list(self.notes),
                 "method": self.method,
@@ -118,6 +121,19 @@ class PurityReport:
                     interval(r["ci_low"], r["ci_high"]),
                     limit,
                     verdict,
+                ]
+            )
+        donor = self.chain_of_identity
+        if donor and donor.get("verdict"):
+            stated = [donor["expected_sex"] or "", "one donor" if donor["single_donor"] else ""]
+            rows.append(
+                [
+                    "donor sex (male share)",
+                    str(donor["n"]["female"] + donor["n"]["male"]),
+                    pct(donor["male_fraction"]) if "male_fraction" in donor else "–",
+                    interval(donor["ci_low"], donor["ci_high"]) if "ci_low" in donor else "–",
+                    ", ".join(s for s in stated if s),
+                    donor["verdict"],
                 ]
             )
         return rows
@@ -156,6 +172,7 @@ class PurityReport:
             lod95=d["lod95"],
             verdict=d["verdict"],
             transgene=d.get("transgene"),
+            chain_of_identity=d.get("chain_of_identity"),
             spec=d["spec"],
             notes=d.get("notes", []),
             method=d["method"],
@@ -304,7 +321,17 @@ def assess_purity(
 
     gates = _marker_gates(adata, spec, assessed, layer)
     transgene = _transgene(adata, spec, assessed, layer)
-    verdicts = [target.verdict, *impurities["verdict"], *gates["verdict"]]
+    donor = judge_donor(
+        donor_sex(adata, layer=layer, cells=assessed),
+        expected_sex=spec.expected_sex,
+        single_donor=spec.single_donor,
+    )
+    if donor["call"] == "mixed" and donor["verdict"] is None:
+        notes.append(
+            f"Cells of both sexes: {donor['n']['male']} male, {donor['n']['female']} female "
+            "(a possible mix of donors; not judged, the spec does not state single_donor)."
+        )
+    verdicts = [target.verdict, *impurities["verdict"], *gates["verdict"], donor["verdict"]]
     report = PurityReport(
         n_cells=n,
         n_barcodes=n_barcodes,
@@ -317,6 +344,7 @@ def assess_purity(
         spec=spec.to_dict(),
         notes=notes,
         marker_gates=gates,
+        chain_of_identity=donor,
         method={
             "marker_gates": DETECTION_RULE,
             "interval": "Wilson score, 95%; k = 0: exact one-sided upper bound 1 - 0.05^(1/n)",
