@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from sc_celltherapy.atlas._novelty import (
     EXCESS_FOLD,
     MIN_SCALE,
+    ambient_load,
     combine,
     expression_excess,
     fit_oor,
@@ -47,6 +48,34 @@ def test_expression_excess_counts_only_far_above_the_reference_and_trims_two_gen
 
     limit = poisson.ppf(0.999, EXCESS_FOLD * 10)
     assert excess[1] == pytest.approx(2 * (200 - limit) / 1000)
+
+
+def test_ambient_load_separates_ambient_coated_cells_from_a_foreign_lineage():
+    """Known truth: a lot of 900 reference-like cells and 100 cells of a lineage the reference
+    lacks (genes 0-9, level 0). Every reference-like cell also draws a share rho (up to 60%) of
+    its reads from the lot's pooled profile, the ambient RNA. However much ambient a cell
+    carries, its load of the absent genes stays below the pooled share (load < 1); the foreign
+    cells sit near 1 / (their share of the lot)."""
+    rng = np.random.default_rng(0)
+    n_genes = 40
+    levels = np.full(n_genes, 50.0)
+    levels[:10] = 0  # the foreign lineage's genes: never expressed in the reference
+    own = np.full(n_genes, 1.0)
+    own[:10] = 0
+    own /= own.sum()
+    foreign = np.full(n_genes, 0.2)
+    foreign[:10] = 6.0
+    foreign /= foreign.sum()
+    pooled = 0.9 * own + 0.1 * foreign
+    rho = rng.uniform(0, 0.6, 900)
+    t_cells = rng.poisson(3000 * ((1 - rho)[:, None] * own + rho[:, None] * pooled))
+    f_cells = rng.poisson(3000 * foreign, size=(100, n_genes))
+    load = ambient_load(sp.csr_matrix(np.vstack([t_cells, f_cells]).astype(float)), levels)
+    assert load[:900].max() < 1  # measured 0.58 (the largest rho is 0.6)
+    assert np.corrcoef(load[:900], rho)[0, 1] > 0.95  # it measures each cell's ambient share
+    assert load[900:].min() > 5  # measured 7.7: about 1 / their share of the lot
+    # a lot without any read of an absent gene has no load anywhere
+    assert not ambient_load(sp.csr_matrix(t_cells[:, 10:].astype(float)), levels[10:]).any()
 
 
 def test_quality_genes_are_not_lineage_evidence():

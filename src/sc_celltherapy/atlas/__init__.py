@@ -11,8 +11,8 @@ from ._manifests import (
     manifest_path,
     validate_manifest,
 )
+from ._novelty import AMBIENT_LOAD_LIMIT, ambient_load, expression_excess, local_outlier_ratio
 from ._novelty import combine as combine_oor
-from ._novelty import expression_excess, local_outlier_ratio
 from ._query import QueryResult, query_bundle
 from ._recipe import build_from_manifest
 from ._registry import list_bundles as list  # noqa: A001  (sct.atlas.list(), as the issue names it)
@@ -44,6 +44,8 @@ __all__ = [
     "prediction_sets",
     "combine_oor",
     "expression_excess",
+    "ambient_load",
+    "AMBIENT_LOAD_LIMIT",
     "local_outlier_ratio",
     "query_bundle",
     "QueryResult",

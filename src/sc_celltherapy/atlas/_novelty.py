@@ -17,6 +17,16 @@ Two pieces of evidence, combined into one score with one split-conformal thresho
 
 Each component is divided by its own 99% held-out quantile; the score is the larger of the two,
 so either piece of evidence can call a cell out of reference.
+
+Ambient RNA bound (applied to a lot at mapping, :func:`ambient_load`): a lot's ambient RNA is its
+own lysate, so a cell of the reference's lineages can carry the genes the reference never
+expresses at most at the lot's pooled share of them (all of its reads would then be ambient).
+Expression evidence counts only for a cell whose share of those genes reaches the lot's pooled
+share (load >= 1): a monocyte in a T-cell lot carries many times the pooled share; a T cell
+coated with the marrow's myeloid ambient carries a fraction of it. The bound is physical, not
+fitted; it can only withdraw out-of-reference calls, so the held-out false-positive bound stays.
+What it costs: a foreign lineage that makes up most of the lot sits near the pooled share, and
+its cells are then called by the latent evidence and by identity, not by expression.
 """
 
 from __future__ import annotations
@@ -49,6 +59,9 @@ TRIM_GENES = 2
 # A component's scale is at least this: with a clean reference 99% of held-out cells may have
 # no excess at all, and 1% of a cell's counts above the reference is still within its noise.
 MIN_SCALE = {"latent": 1e-6, "expression": 0.01}
+# Expression evidence counts from this load up (the pooled share itself: the most ambient RNA
+# can give a cell, see the module's docstring).
+AMBIENT_LOAD_LIMIT = 1.0
 
 
 def reference_spacing(reference: np.ndarray, *, k: int) -> np.ndarray:
@@ -144,6 +157,28 @@ def expression_excess(counts, levels: np.ndarray) -> np.ndarray:
     starts = np.concatenate([[0], ends[:-1]])
     kept = cum[np.maximum(ends - TRIM_GENES, starts)] - cum[starts]
     return kept / np.maximum(depth, 1)
+
+
+def ambient_load(counts, levels: np.ndarray) -> np.ndarray:
+    """Each cell's share of counts in the genes the reference does not express (``levels`` 0)
+    over the lot's pooled share of them: below 1 for any cell whose such reads could all be
+    ambient RNA, well above 1 for a cell of a lineage the reference lacks.
+
+    Parameters
+    ----------
+    counts
+        The lot's cells x genes, columns the genes of ``levels``.
+    levels
+        Each gene's upper level in the reference (the bundle's ``expression_levels()``).
+    """
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    absent = np.asarray(levels) == 0
+    depth = np.asarray(counts.sum(axis=1)).ravel()
+    in_absent = np.asarray(counts[:, absent].sum(axis=1)).ravel()
+    pooled = in_absent.sum() / max(depth.sum(), 1.0)
+    if pooled == 0:  # no read of an absent gene anywhere in the lot: nothing ambient either
+        return np.zeros(counts.shape[0])
+    return in_absent / np.maximum(depth, 1.0) / pooled
 
 
 def _per_10k(counts) -> sp.csr_matrix:

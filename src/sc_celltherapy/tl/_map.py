@@ -76,18 +76,20 @@ def map_to_reference(
     ``adata.obs[f"{key_added}_oor_score"]`` (out-of-reference score: the larger of the latent
     local outlier ratio, ``obs[f"{key_added}_oor_latent"]``, and the expression excess,
     ``obs[f"{key_added}_oor_expression"]``, the share of the cell's counts above anything the
-    reference's cells have, each over its 99% quantile on held-out reference cells; at most
-    about 1 inside the reference, higher is further from it),
+    reference's cells have, counted only where the cell's load of the genes the reference lacks
+    is beyond what the lot's ambient RNA could give, ``obs[f"{key_added}_oor_ambient_load"]``
+    >= 1; each over its 99% quantile on held-out reference cells; at most about 1 inside the
+    reference, higher is further from it),
     ``adata.obs[f"{key_added}_unassigned"]`` (bool: score above the bundle's threshold,
     ``adata.uns[key_added]["oor_threshold"]``, the split-conformal 99% quantile of held-out
     reference cells) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap,
     calibration and label-set reliability per donor, settings, seed, whether surgery trained).
     """
     from ..atlas import (
+        AMBIENT_LOAD_LIMIT,
         UNLABELED,
         calibrate,
         combine_oor,
-        expression_excess,
         load,
         prediction_sets,
         query_bundle,
@@ -110,10 +112,9 @@ def map_to_reference(
     probs = calibrate(mapped.probs, calibration)
     sets = prediction_sets(probs, calibration["conformal"])
     best = probs.argmax(axis=1)
-    components = {
-        "latent": mapped.latent_ratio,
-        "expression": _expression_excess(adata, layer, bundle, expression_excess),
-    }
+    excess, load = _expression_excess(adata, layer, bundle)
+    beyond_ambient = load >= AMBIENT_LOAD_LIMIT
+    components = {"latent": mapped.latent_ratio, "expression": np.where(beyond_ambient, excess, 0)}
     score = combine_oor(components, oor["scales"])
     latent = mapped.latent
 
@@ -131,6 +132,7 @@ def map_to_reference(
     adata.obs[f"{key_added}_oor_score"] = score
     adata.obs[f"{key_added}_oor_latent"] = components["latent"]
     adata.obs[f"{key_added}_oor_expression"] = components["expression"]
+    adata.obs[f"{key_added}_oor_ambient_load"] = load
     adata.obs[f"{key_added}_unassigned"] = unassigned
     adata.uns[key_added] = uns_safe(
         {
@@ -172,6 +174,14 @@ def map_to_reference(
             "oor_threshold": oor["threshold"],
             "oor_quantile": oor["quantile"],
             "oor_fpr_bound": oor["fpr_bound"],
+            # expression evidence only beyond what the lot's ambient RNA could give a cell
+            "oor_ambient_bound": {
+                "rule": "the expression excess counts only for cells whose share of the genes "
+                "the reference does not express reaches the lot's pooled share "
+                f"(obs['{key_added}_oor_ambient_load'] >= {AMBIENT_LOAD_LIMIT:g})",
+                "n_cells_within_ambient": int((~beyond_ambient).sum()),
+                "n_excess_withdrawn": int(((excess > 0) & ~beyond_ambient).sum()),
+            },
             "surgery_trained": bool(new_batches),
             "new_batches": new_batches,
             "max_epochs": mapped.epochs,
@@ -238,16 +248,20 @@ def _coarse_level(adata, probs, sets, labels, calibration: dict, hierarchy: dict
     adata.obs[f"{key}_set_level"] = pd.Categorical(level, categories=["fine", "coarse", "mixed"])
 
 
-def _expression_excess(adata, layer, bundle, excess) -> np.ndarray:
-    """The lot's expression excess over the bundle's gene levels (genes matched by symbol or
+def _expression_excess(adata, layer, bundle) -> tuple[np.ndarray, np.ndarray]:
+    """The lot's expression excess over the bundle's gene levels, and each cell's load of the
+    genes the reference lacks against the lot's pooled share (genes matched by symbol or
     Ensembl id; a reference gene the lot lacks adds nothing)."""
     import scipy.sparse as sp
+
+    from ..atlas import ambient_load, expression_excess
 
     genes, gene_ids, levels = bundle.expression_levels()
     cols = match_genes(adata, genes, gene_ids)
     found = np.flatnonzero(cols >= 0)
     counts = sp.csr_matrix(get_matrix(adata, layer))[:, cols[found]]
-    return excess(counts, levels[found].astype(np.float64))
+    levels = levels[found].astype(np.float64)
+    return expression_excess(counts, levels), ambient_load(counts, levels)
 
 
 def check_genes(
