@@ -114,28 +114,33 @@ def test_foreign_lineages_of_the_real_samples_are_called_out_of_reference(mapped
     T-cell bundle (measured, deterministic on CPU). The latent ratio alone separates the
     marrow's foreign cells from its T cells at AUROC 0.68; the expression excess sees their
     LYZ, S100A8/9 and VCAN. In blood the call is clean: every foreign cell caught, 1.4% of T
-    cells unassigned. In marrow 95% are caught, but so are 48% of its T cells: they carry
-    myeloid transcripts too (S100A9 above the sorted T cells' range in 65% of them, VCAN in
-    44%), and neither QC nor scrublet removes them."""
+    cells unassigned. In marrow 86% are caught and 17% of the marker-defined T cells are
+    unassigned (before the ambient bound: 95% and 48%, the T cells carrying the marrow's myeloid
+    ambient RNA); most of those 17% sit in myeloid clusters (next test)."""
     from sklearn.metrics import roc_auc_score
 
-    measured = {
-        MARROW: (0.9044, 0.6809, 241, 253, 102, 213),
+    expected = {
+        MARROW: (0.895, 0.6809, 218, 253, 37, 213),
         BLOOD: (0.9999, 0.9022, 47, 47, 11, 766),
     }
-    for name, (auroc, latent, caught, n_foreign, t_out, n_t) in measured.items():
+    for name, want in expected.items():
         lot, truth = mapped_samples[name]
         scored = truth >= 0
         obs = lot.obs
-        assert roc_auc_score(truth[scored], obs["sct_ref_oor_score"][scored]) == pytest.approx(
-            auroc, abs=0.002
+        unassigned = obs["sct_ref_unassigned"].to_numpy()
+        got = (
+            round(roc_auc_score(truth[scored], obs["sct_ref_oor_score"][scored]), 4),
+            round(roc_auc_score(truth[scored], obs["sct_ref_oor_latent"][scored]), 4),
+            int(unassigned[truth == 1].sum()),
+            int((truth == 1).sum()),
+            int(unassigned[truth == 0].sum()),
+            int((truth == 0).sum()),
         )
-        assert roc_auc_score(truth[scored], obs["sct_ref_oor_latent"][scored]) == pytest.approx(
-            latent, abs=0.002
+        assert got == (
+            pytest.approx(want[0], abs=0.002),
+            pytest.approx(want[1], abs=0.002),
+            *want[2:],
         )
-        assert (truth == 1).sum() == n_foreign and (truth == 0).sum() == n_t
-        assert obs["sct_ref_unassigned"][truth == 1].sum() == caught
-        assert obs["sct_ref_unassigned"][truth == 0].sum() == t_out
         # composition is checked against the five donors, and neither sample is flagged
         assert lot.uns["sct_ref"]["composition"]["checked"]
         assert not lot.uns["sct_ref"]["composition"]["far"]
@@ -147,8 +152,9 @@ def test_marrow_misses_are_marker_truth_that_its_own_clusters_contradict(mapped_
     separates foreign from T cells almost perfectly: the AUROC of 0.90 above is bounded by the
     marker truth, not by the score. Measured: 39 of the 213 marker-defined T cells sit in
     myeloid clusters (LYZ, VCAN, MPO; CD3D in 3-5% of their cells), and 26 of the 253 foreign
-    ones in T clusters (BCL11B, IL7R, LEF1). What stays is ambient RNA: the consistent T cells
-    still carry 1-3% of their counts in myeloid genes, and 40% are unassigned."""
+    ones in T clusters (BCL11B, IL7R, LEF1). The consistent T cells carry 1-3% of their counts in
+    myeloid genes, ambient RNA: without the ambient bound 40% of them were unassigned; with it
+    0.6%, while 96% of the consistent foreign cells are caught."""
     from sklearn.metrics import roc_auc_score
 
     lot, truth = mapped_samples[MARROW]
@@ -166,7 +172,7 @@ def test_marrow_misses_are_marker_truth_that_its_own_clusters_contradict(mapped_
     assert measured == {
         "T cells in foreign clusters": 39,
         "foreign cells in T clusters": 26,
-        "AUROC": pytest.approx(0.999, abs=0.002),
-        "foreign caught": pytest.approx(1.0, abs=0.01),
-        "T unassigned": pytest.approx(0.40, abs=0.05),
+        "AUROC": pytest.approx(0.9931, abs=0.002),
+        "foreign caught": pytest.approx(0.96, abs=0.01),
+        "T unassigned": pytest.approx(0.006, abs=0.005),
     }
