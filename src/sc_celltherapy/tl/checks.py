@@ -10,6 +10,7 @@ from anndata import AnnData
 from .._checks import InputError
 from .._spec import Spec
 from ._cluster import MIN_CELLS_TO_CLUSTER
+from ._feature_gates import check_marker_gates, check_transgene_features
 from ._identities import (
     RESIDUAL_PLURIPOTENT,
     UNASSIGNED,
@@ -19,7 +20,6 @@ from ._identities import (
 )
 from ._map import check_genes
 from ._panels import MIN_FRACTION_FOUND, MIN_GENES_FOUND
-from ._purity import check_marker_gates, check_transgene_features
 
 __all__ = [
     "MIN_CELLS_TO_CLUSTER",
