@@ -42,9 +42,10 @@ def sign_bundle(bundle: str | os.PathLike | ReferenceBundle, key: str | os.PathL
     if target.exists():
         msg = f"{target} exists; a signature is never overwritten. Remove it to re-sign."
         raise BundleError(msg)
+    digest = bundle.sha256  # hashes bundle.json: once
     record = {
-        "bundle_sha256": bundle.sha256,
-        "signature": sign(private, bundle.sha256),
+        "bundle_sha256": digest,
+        "signature": sign(private, digest),
         "public_key_sha256": fingerprint(private.public_key()),
     }
     tmp = target.with_name(f".{SIGNATURE}.tmp")
@@ -81,10 +82,11 @@ def check_signature(bundle: ReferenceBundle, public_key: str | os.PathLike) -> d
         signature = record["signature"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise BundleError(f"{path} is corrupt ({err}); sign the bundle again.") from err
-    if not signature_holds(key, bundle.sha256, signature):
+    digest = bundle.sha256  # hashes bundle.json: once
+    if not signature_holds(key, digest, signature):
         msg = (
             f"Bundle {bundle.name} v{bundle.version} at {bundle.path}: its signature does not "
-            f"hold for public key {public_key} (bundle sha256 {bundle.sha256[:12]}...). The "
+            f"hold for public key {public_key} (bundle sha256 {digest[:12]}...). The "
             "bundle.json was changed and re-sealed after signing, or another key signed it. "
             "Use the bundle your lab qualified."
         )

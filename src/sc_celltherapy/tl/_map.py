@@ -259,7 +259,8 @@ def _expression_excess(adata, layer, bundle) -> tuple[np.ndarray, np.ndarray]:
     genes, gene_ids, levels = bundle.expression_levels()
     cols = match_genes(adata, genes, gene_ids)
     found = np.flatnonzero(cols >= 0)
-    counts = sp.csr_matrix(get_matrix(adata, layer))[:, cols[found]]
+    # float64 once: both measures read it without converting again
+    counts = sp.csr_matrix(get_matrix(adata, layer), dtype=np.float64)[:, cols[found]]
     levels = levels[found].astype(np.float64)
     return expression_excess(counts, levels), ambient_load(counts, levels)
 
