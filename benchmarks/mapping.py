@@ -238,6 +238,11 @@ def main() -> None:
     parser.add_argument("--n-speed", type=int, default=10_000)
     parser.add_argument("--patients", nargs="+", default=PATIENTS, help="folds (quick checks)")
     parser.add_argument(
+        "--result-name",
+        default="mapping",
+        help="results/<name>.json and <name>_cells.npz (a quick check keeps the full run's files)",
+    )
+    parser.add_argument(
         "--work-dir",
         type=Path,
         default=None,
@@ -394,7 +399,7 @@ def main() -> None:
             f"{f['n_held_out_cells']} ({', '.join(f['held_out_batches'] or [])})"
         )
     path = write_json(
-        "mapping",
+        args.result_name,
         {
             "protocol": "leave-one-patient-out on cart_labelled_dev.h5ad, truth CellType1",
             "seed": SEED,
@@ -426,8 +431,8 @@ def main() -> None:
             "machine": machine(),
         },
     )
-    np.savez_compressed(path.with_name("mapping_cells.npz"), **cells)
-    print(f"wrote {path} and mapping_cells.npz")
+    np.savez_compressed(path.with_name(f"{args.result_name}_cells.npz"), **cells)
+    print(f"wrote {path} and {args.result_name}_cells.npz")
 
 
 if __name__ == "__main__":
