@@ -75,3 +75,30 @@ def test_lot_comparison_and_spike_in_and_release_read_well(tmp_path):
     release = Release(tmp_path, results, "ab" * 32)
     assert repr(release).startswith(f"Release L1: FAIL (734 cells) in {tmp_path}")
     assert ">= 98.00%" in repr(release) and "color:#c62828" in release._repr_html_()
+
+
+def test_bundle_reads_its_worst_donor_calibration_first(tmp_path):
+    """A bundle's repr quotes what a report quotes: the worst held-out donor's ECE and label-set
+    coverage, and whether calibration was across donors; its HTML view has a row per donor."""
+    from sc_celltherapy.atlas import ReferenceBundle
+
+    calibration = {
+        "method": "temperature scaling",
+        "across_donors": True,
+        "ece_worst_donor": 0.0912,
+        "conformal": {"coverage_worst_donor": 0.845},
+        "per_donor": {
+            "P06": {"n_cells": 120, "accuracy": 0.8, "ece": 0.0912, "coverage": 0.845,
+                    "mean_set_size": 1.4},
+            "P13": {"n_cells": 48, "accuracy": 0.9, "ece": 0.04, "coverage": 0.93,
+                    "mean_set_size": 1.2},
+        },
+    }  # fmt: skip
+    manifest = {"name": "t", "version": "2", "labels": ["a", "b"], "genes": ["G1", "G2", "G3"]}
+    bundle = ReferenceBundle(tmp_path, manifest | {"calibration": calibration})
+    assert repr(bundle).startswith(
+        "ReferenceBundle 't' v2: 2 labels, 3 genes; calibration temperature scaling (across "
+        "donors), worst donor ECE 0.091, label-set coverage 0.845"
+    )
+    html = bundle._repr_html_()
+    assert html.count("<tr>") == 3 and "<td>P13</td><td>48</td>" in html and "None" not in html

@@ -58,8 +58,11 @@ def html_table(
             )
             cells.append(f"<td{style}>{escape(c)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    colour = VERDICT_COLOURS.get(verdict, "#000")
+    badge = ""
+    if verdict is not None:  # objects without a verdict (a bundle, a spike-in) show none
+        colour = VERDICT_COLOURS.get(verdict, "#000")
+        badge = f": <span style='color:{colour};font-weight:bold'>{escape(str(verdict))}</span>"
     return (
-        f"<div><b>{escape(title)}</b>: <span style='color:{colour};font-weight:bold'>"
-        f"{escape(str(verdict))}</span><table><tr>{head}</tr>{''.join(body)}</table></div>"
+        f"<div><b>{escape(title)}</b>{badge}"
+        f"<table><tr>{head}</tr>{''.join(body)}</table></div>"
     )

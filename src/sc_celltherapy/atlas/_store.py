@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import InputError
+from .._display import html_table
 from .._logging import logger
 from ..io import file_sha256
 
@@ -107,11 +108,44 @@ class ReferenceBundle:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
 
-    def __repr__(self) -> str:
+    _HEADER = ("held-out donor", "cells", "accuracy", "ECE", "set coverage", "set size")
+
+    def _headline(self) -> str:
+        """The figure a report quotes first: the worst held-out donor's calibration."""
+        cal = self.manifest.get("calibration", {})
+        scope = "across donors" if cal.get("across_donors") else "within-donor only"
+        ece = cal.get("ece_worst_donor")
+        coverage = cal.get("conformal", {}).get("coverage_worst_donor")
         return (
-            f"ReferenceBundle({self.name!r} v{self.version}, {len(self.labels)} labels, "
-            f"{len(self.genes)} genes, {self.path})"
+            f"{self.name!r} v{self.version}: {len(self.labels)} labels, {len(self.genes)} genes; "
+            f"calibration {cal.get('method', 'none')} ({scope}), worst donor ECE "
+            + ("–" if ece is None else f"{ece:.3f}")
+            + ", label-set coverage "
+            + ("–" if coverage is None else f"{coverage:.3f}")
         )
+
+    def _rows(self) -> list[list[str]]:
+        def num(value) -> str:
+            return "–" if value is None else f"{value:.3f}"
+
+        per_donor = self.manifest.get("calibration", {}).get("per_donor", {})
+        return [
+            [
+                str(donor),
+                str(d.get("n_cells", "–")),
+                num(d.get("accuracy")),
+                num(d.get("ece")),
+                num(d.get("coverage")),
+                num(d.get("mean_set_size")),
+            ]
+            for donor, d in per_donor.items()
+        ]
+
+    def __repr__(self) -> str:
+        return f"ReferenceBundle {self._headline()}\n  {self.path}"
+
+    def _repr_html_(self) -> str:
+        return html_table(f"Reference bundle {self._headline()}", self._rows(), self._HEADER, None)
 
 
 def write_bundle(
