@@ -62,7 +62,4 @@ def html_table(
     if verdict is not None:  # objects without a verdict (a bundle, a spike-in) show none
         colour = VERDICT_COLOURS.get(verdict, "#000")
         badge = f": <span style='color:{colour};font-weight:bold'>{escape(str(verdict))}</span>"
-    return (
-        f"<div><b>{escape(title)}</b>{badge}"
-        f"<table><tr>{head}</tr>{''.join(body)}</table></div>"
-    )
+    return f"<div><b>{escape(title)}</b>{badge}<table><tr>{head}</tr>{''.join(body)}</table></div>"
