@@ -20,13 +20,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import _stats
-from ._checks import InputError
-from ._display import html_table, pct, text_table
-from ._logging import logger
-from ._utils import plain
-
-__all__ = ["SPIKE_KEY", "SpikeInResult", "mix", "select_by_markers", "spike_in"]
+from .. import _stats
+from .._checks import InputError
+from .._display import html_table, pct, text_table
+from .._logging import logger
+from .._utils import plain
 
 SPIKE_KEY = "sct_spiked"
 DETECTION_RATE = 0.95

@@ -1,0 +1,17 @@
+"""Assay validation (ICH Q2(R2)): in-silico spike-in of real cells with known truth, and the
+validation plan a laboratory writes before it releases lots of a product."""
+
+from ._plan import PlanError, ValidationPlan, load_plan, plan_schema
+from ._spike_in import SPIKE_KEY, SpikeInResult, mix, select_by_markers, spike_in
+
+__all__ = [
+    "SPIKE_KEY",
+    "SpikeInResult",
+    "mix",
+    "select_by_markers",
+    "spike_in",
+    "ValidationPlan",
+    "PlanError",
+    "load_plan",
+    "plan_schema",
+]
