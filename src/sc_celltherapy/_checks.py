@@ -227,3 +227,17 @@ def check_lot(adata: AnnData, *, layer: str | None = None, batch_key: str | None
     check_counts(adata, layer=layer)
     check_unique_obs_names(adata)
     check_obs_key(adata, batch_key, what="batch_key")
+
+
+def check_json_schema(
+    data, schema: dict, *, source: str, schema_file: str, error: type[InputError]
+) -> None:
+    """Validate ``data`` against a shipped JSON Schema; raise ``error`` naming the first field
+    that breaks it (errors sorted, so the same input always names the same field)."""
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(data)), key=str)
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise error(f"{source}: field {where}: {e.message} ({schema_file}).")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._checks import InputError
+from ._checks import InputError, check_json_schema
 
 # Impurity classes a spec may limit. Fractions are of cells passing QC, except doublets and
 # low_quality, which are fractions of all barcodes called cells (before QC removed them).
@@ -382,11 +382,6 @@ class Spec:
 
 def _check_schema(data: Mapping, source: str) -> None:
     """The shipped JSON Schema, after the checks above have named the common mistakes."""
-    import jsonschema
-
-    errors = sorted(jsonschema.Draft202012Validator(spec_schema()).iter_errors(dict(data)), key=str)
-    if errors:
-        e = errors[0]
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        msg = f"{source}: field {where}: {e.message} (spec.schema.json)."
-        raise SpecError(msg)
+    check_json_schema(
+        data, spec_schema(), source=source, schema_file="spec.schema.json", error=SpecError
+    )

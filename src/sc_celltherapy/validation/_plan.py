@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .._checks import InputError
+from .._checks import InputError, check_json_schema
 from .._spec import Spec
 from ..atlas import load_profile
 
@@ -143,13 +143,9 @@ def load_plan(plan: str | os.PathLike | Mapping, *, check_files: bool = True) ->
 
 
 def _check_schema(data: Mapping, source: str) -> None:
-    import jsonschema
-
-    errors = sorted(jsonschema.Draft202012Validator(plan_schema()).iter_errors(dict(data)), key=str)
-    if errors:
-        e = errors[0]
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise PlanError(f"{source}: field {where}: {e.message} (plan.schema.json).")
+    check_json_schema(
+        data, plan_schema(), source=source, schema_file="plan.schema.json", error=PlanError
+    )
 
 
 def _check_consistency(content: dict) -> list[str]:
