@@ -15,7 +15,9 @@ rules compared at alpha = 0.1:
 - ``union`` (the rule now): a label is in the set if either admits it.
 
 Reported per new donor (mean and worst over the four triples): coverage, mean set size, and
-the ECE of the calibrated top label (15 bins). This isolates the calibration and label-set
+the ECE of the calibrated top label (15 bins), with the calibration chosen among every
+candidate (now) and among those without the distance-aware temperature (before), and of the
+uncalibrated ensemble. This isolates the calibration and label-set
 step: the models saw four patients, not three (``mapping_new_donors.py`` retrains per split).
 
 Run: ``python benchmarks/label_sets.py [--work-dir DIR] [--max-epochs E]``; the bundle is
@@ -93,9 +95,21 @@ def evaluate(pred: dict) -> dict:
         runs = []
         for triple in itertools.combinations(others, 3):
             train = np.isin(donors, triple)
-            cal = fit_across_donors(probs[train], y[train], donors[train], alpha=ALPHA)
-            p = calibrate(probs[test], cal)
-            run = {"ece": expected_calibration_error(p, y[test]), "method": cal["method"]}
+            ratio = pred["oor_latent"]
+            cal = fit_across_donors(
+                probs[train], y[train], donors[train], alpha=ALPHA, latent_ratio=ratio[train]
+            )
+            p = calibrate(probs[test], cal, latent_ratio=ratio[test])
+            # the candidates before the distance-aware temperature, for comparison
+            before = fit_across_donors(probs[train], y[train], donors[train], alpha=ALPHA)
+            run = {
+                "ece": expected_calibration_error(p, y[test]),
+                "method": cal["method"],
+                "ece_without_distance": expected_calibration_error(
+                    calibrate(probs[test], before), y[test]
+                ),
+                "ece_uncalibrated": expected_calibration_error(probs[test], y[test]),
+            }
             for rule, thresholds in rule_thresholds(cal["conformal"]).items():
                 sets = prediction_sets(p, thresholds)
                 run[rule] = {
@@ -109,6 +123,11 @@ def evaluate(pred: dict) -> dict:
             "ece_worst": float(np.max([r["ece"] for r in runs])),
             "methods": sorted({r["method"] for r in runs}),
             **{
+                f"{k}_{stat}": float(f([r[k] for r in runs]))
+                for k in ("ece_without_distance", "ece_uncalibrated")
+                for stat, f in (("mean", np.mean), ("worst", np.max))
+            },
+            **{
                 rule: {
                     "coverage_mean": float(np.mean([r[rule]["coverage"] for r in runs])),
                     "coverage_worst": float(np.min([r[rule]["coverage"] for r in runs])),
@@ -121,6 +140,15 @@ def evaluate(pred: dict) -> dict:
 
 
 def print_table(rows: dict) -> None:
+    print("| donor (cells) | ECE uncalibrated | without distance | now (method chosen) |")
+    print("| --- | --- | --- | --- |")
+    for d, r in rows.items():
+        print(
+            f"| {d} ({r['n_cells']}) | {r['ece_uncalibrated_mean']:.3f} / "
+            f"{r['ece_uncalibrated_worst']:.3f} | {r['ece_without_distance_mean']:.3f} / "
+            f"{r['ece_without_distance_worst']:.3f} | {r['ece_mean']:.3f} / {r['ece_worst']:.3f}"
+            f" ({', '.join(r['methods'])}) |"
+        )
     head = "| donor (cells) | ECE mean / worst | " + " | ".join(
         f"{r}: coverage mean / worst, size" for r in RULES
     )
@@ -157,6 +185,9 @@ def main() -> None:
     }
     summary["ece_worst_donor"] = max(r["ece_worst"] for r in quoted.values())
     summary["ece_mean_donor"] = float(np.mean([r["ece_mean"] for r in quoted.values()]))
+    for k in ("ece_without_distance", "ece_uncalibrated"):
+        summary[f"{k}_worst_donor"] = max(r[f"{k}_worst"] for r in quoted.values())
+        summary[f"{k}_mean_donor"] = float(np.mean([r[f"{k}_mean"] for r in quoted.values()]))
     print("donors with >= 50 cells:", summary)
     write_json(
         "label_sets",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sc_celltherapy._checks import InputError
 from sc_celltherapy.atlas._calibration import (
     _fit_temperature,
     apply_temperature,
@@ -142,3 +143,46 @@ def test_one_donor_is_refused():
     probs = np.full((10, 3), 1 / 3)
     with pytest.raises(Exception, match="at least two donors"):
         fit_across_donors(probs, np.zeros(10, int), np.array(["a"] * 10))
+
+
+def distant_donor(rng, n: int, log_ratio_mean: float):
+    """A donor whose cells lie at latent outlier ratios r around ``exp(log_ratio_mean)``; the
+    model's over-confidence grows with the distance (probabilities sharpened by ``r ** 1.5``:
+    calibrated at r = 1, as cells like the reference's are)."""
+    ratio = np.exp(rng.normal(log_ratio_mean, 0.2, n))
+    true_p = rng.dirichlet(np.full(K, 0.6), n)
+    y = (true_p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    sharp = ratio**1.5
+    reported = np.exp(np.log(true_p) * sharp[:, None])
+    return reported / reported.sum(axis=1, keepdims=True), y, ratio
+
+
+def test_distance_aware_temperature_holds_on_a_donor_far_from_the_reference():
+    """Known truth: the model is over-confident in proportion to how far a cell lies from the
+    reference. The reference donors are mostly near it; a new donor lies further out. One
+    temperature fitted across donors is then a compromise (too flat near, too sharp far) and
+    leaves the new donor over-confident; the distance-aware temperature is chosen by nested
+    donor cross-validation, recovers the generator's law (T = r ** 1.5) and calibrates it."""
+    rng = np.random.default_rng(1)
+    donors = [distant_donor(rng, 600, m) for m in (0.0, 0.05, 0.1, 0.15, 0.2)]
+    probs = np.concatenate([d[0] for d in donors])
+    y = np.concatenate([d[1] for d in donors])
+    ratio = np.concatenate([d[2] for d in donors])
+    names = np.repeat([f"d{i}" for i in range(len(donors))], 600)
+    new_p, new_y, new_ratio = distant_donor(rng, 4000, 0.6)
+
+    with_distance = fit_across_donors(probs, y, names, latent_ratio=ratio)
+    without = fit_across_donors(probs, y, names)
+
+    assert with_distance["method"] == "distance-aware temperature scaling"
+    assert with_distance["params"]["slope"] == pytest.approx(1.5, abs=0.2)
+    assert with_distance["params"]["log_t0"] == pytest.approx(0.0, abs=0.1)
+    assert without["method"] == "temperature scaling"
+    one_t = expected_calibration_error(calibrate(new_p, without), new_y)
+    aware = expected_calibration_error(
+        calibrate(new_p, with_distance, latent_ratio=new_ratio), new_y
+    )
+    assert one_t > 0.15
+    assert aware < 0.03
+    with pytest.raises(InputError, match="latent_ratio"):
+        calibrate(new_p, with_distance)

@@ -78,9 +78,9 @@ def build(
     up to five folds; for each fold, calibration models are trained on the other folds and the
     fold's cells mapped onto them by scArches surgery, as a lot would be, so every reference
     cell is predicted by models that never saw its donor. On these out-of-fold predictions the
-    bundle chooses its calibration (temperature or vector scaling, by nested donor
-    cross-validation), fits the conformal label sets (adaptive prediction sets at
-    ``alpha``), and fits the out-of-reference threshold (split-conformal 99% quantile of the
+    bundle chooses its calibration (none, temperature, vector or distance-aware temperature
+    scaling, by nested donor cross-validation), fits the conformal label sets (least
+    ambiguous sets at ``alpha``), and fits the out-of-reference threshold (split-conformal 99% quantile of the
     combined latent and expression evidence, see :mod:`._novelty`). Per donor it stores the
     ECE, the label sets' coverage and their size, each measured on a donor left out of both
     the models and the calibration. With a single batch, ``holdout_fraction`` of each label's
@@ -191,7 +191,12 @@ def build(
     probs /= probs.sum(axis=1, keepdims=True)
     y = np.array([labels.index(t) for t in truth[cells]])
     calibration = fit_across_donors(
-        probs, y, donors[cells], alpha=alpha, groups=[hierarchy.get(lab) for lab in labels]
+        probs,
+        y,
+        donors[cells],
+        alpha=alpha,
+        groups=[hierarchy.get(lab) for lab in labels],
+        latent_ratio=oof["latent"][cells],
     )
     n_batches = ref.obs[batch_key].nunique() if batch_key is not None else 1
     calibration["across_donors"] = n_batches >= 2

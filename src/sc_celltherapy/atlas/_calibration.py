@@ -24,6 +24,7 @@ ALPHA = 0.1  # conformal label sets cover the true label with probability >= 1 -
 # 4.18 from 30 cells up) without covering a new donor better (worst 0.746 vs 0.745).
 MIN_LABEL_CELLS = 50
 N_BINS = 15
+RATIO_FLOOR = 1e-3  # latent outlier ratios are clipped here before their logarithm
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -47,7 +48,7 @@ def donor_weights(donors: np.ndarray) -> np.ndarray:
     return 1.0 / counts[inverse]
 
 
-def _fit_temperature(probs: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict:
+def _fit_temperature(probs: np.ndarray, y: np.ndarray, w=None, latent_ratio=None) -> dict:
     from scipy.optimize import minimize_scalar
 
     res = minimize_scalar(
@@ -62,7 +63,7 @@ def _vector_logits(probs: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> 
     return np.log(np.clip(probs, 1e-12, 1)) * weights + bias
 
 
-def _fit_vector(probs: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict:
+def _fit_vector(probs: np.ndarray, y: np.ndarray, w=None, latent_ratio=None) -> dict:
     """Vector scaling (Guo et al. 2017): a weight and a bias per class on the log-probabilities,
     L2-shrunk towards plain temperature scaling so that a class with few calibration cells
     stays near the common temperature."""
@@ -90,7 +91,35 @@ def _fit_vector(probs: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -
     return {"weights": res.x[:k].tolist(), "bias": res.x[k:].tolist()}
 
 
-def _fit_none(probs: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict:
+def distance_temperatures(params: dict, latent_ratio: np.ndarray) -> np.ndarray:
+    """Each cell's temperature ``exp(log_t0) * ratio ** slope``: one temperature for cells as
+    close to the reference as its own cells are (ratio 1), growing with the distance."""
+    ratio = np.clip(np.asarray(latent_ratio, dtype=float), RATIO_FLOOR, None)
+    return np.exp(params["log_t0"] + params["slope"] * np.log(ratio))
+
+
+def _fit_distance_temperature(probs, y, w=None, latent_ratio=None) -> dict:
+    """Distance-aware temperature scaling: the further a cell lies from the reference's cells
+    in the latent space (its local outlier ratio, the out-of-reference evidence), the flatter
+    its probabilities. A donor unlike the reference donors shows as cells between or beside
+    the reference's states, and those are the cells a model calls wrongly with confidence; one
+    temperature fitted across donors instead flattens every cell alike (under-confident on a
+    donor like the reference, still over-confident on an unusual one). The slope is kept
+    >= 0: distance never sharpens a call."""
+    from scipy.optimize import minimize
+
+    logp = np.log(np.clip(probs, 1e-12, 1))
+
+    def nll(theta):
+        t = distance_temperatures({"log_t0": theta[0], "slope": theta[1]}, latent_ratio)
+        return _nll(_softmax(logp / t[:, None]), y, w)
+
+    t0 = np.log(_fit_temperature(probs, y, w)["temperature"])
+    res = minimize(nll, [t0, 0.0], method="L-BFGS-B", bounds=[(np.log(0.05), np.log(20)), (0, 20)])
+    return {"log_t0": float(res.x[0]), "slope": float(res.x[1])}
+
+
+def _fit_none(probs: np.ndarray, y: np.ndarray, w=None, latent_ratio=None) -> dict:
     """The ensemble's own probabilities: kept when no scaling does better on held-out donors
     (a temperature fitted on some donors can spoil a well-calibrated new one)."""
     return {}
@@ -100,10 +129,13 @@ FITTERS = {
     "none": _fit_none,
     "temperature scaling": _fit_temperature,
     "vector scaling": _fit_vector,
+    "distance-aware temperature scaling": _fit_distance_temperature,
 }
+# methods that need each cell's latent local outlier ratio (fitted and applied alike)
+NEEDS_DISTANCE = {"distance-aware temperature scaling"}
 
 
-def calibrate(probs: np.ndarray, calibration: dict) -> np.ndarray:
+def calibrate(probs: np.ndarray, calibration: dict, *, latent_ratio=None) -> np.ndarray:
     """Apply a bundle's fitted calibration to label probabilities.
 
     Parameters
@@ -112,6 +144,9 @@ def calibrate(probs: np.ndarray, calibration: dict) -> np.ndarray:
         Cells x labels, columns in the order of the bundle's labels.
     calibration
         The bundle's ``manifest["calibration"]``.
+    latent_ratio
+        Each cell's latent local outlier ratio (``obs["sct_ref_oor_latent"]``); needed by
+        distance-aware temperature scaling, ignored by the other methods.
 
     Returns
     -------
@@ -125,6 +160,12 @@ def calibrate(probs: np.ndarray, calibration: dict) -> np.ndarray:
     if method == "vector scaling":
         w, b = np.asarray(params["weights"]), np.asarray(params["bias"])
         return _softmax(_vector_logits(probs, w, b))
+    if method == "distance-aware temperature scaling":
+        if latent_ratio is None:
+            msg = "Distance-aware calibration needs each cell's latent_ratio; none was given."
+            raise InputError(msg)
+        t = distance_temperatures(params, latent_ratio)
+        return _softmax(np.log(np.clip(probs, 1e-12, 1)) / t[:, None])
     msg = f"Unknown calibration method {method!r} in the bundle; rebuild it with this version."
     raise InputError(msg)
 
@@ -269,6 +310,7 @@ def fit_across_donors(
     *,
     alpha: float = ALPHA,
     groups: list | None = None,
+    latent_ratio: np.ndarray | None = None,
 ) -> dict:
     """Choose, fit and measure the calibration and the conformal label sets.
 
@@ -281,7 +323,8 @@ def fit_across_donors(
     without their own donor, united with each label's own quantile (:func:`label_quantiles`).
     Per donor the stored ECE, coverage and set size come from a calibration and thresholds
     fitted without that donor; with ``groups`` (each column's coarse label), also the ECE of
-    the summed coarse probabilities.
+    the summed coarse probabilities. With ``latent_ratio`` (each cell's out-of-fold latent
+    local outlier ratio) distance-aware temperature scaling is among the candidates.
     """
     donors = np.asarray(donors).astype(str)
     names = np.unique(donors)
@@ -289,12 +332,17 @@ def fit_across_donors(
         msg = "Cross-donor calibration needs predictions of at least two donors (or folds)."
         raise InputError(msg)
     weights = donor_weights(donors)
-    nested = {m: np.empty_like(probs) for m in FITTERS}
+    ratio = None if latent_ratio is None else np.asarray(latent_ratio, dtype=float)
+    fitters = {m: f for m, f in FITTERS.items() if ratio is not None or m not in NEEDS_DISTANCE}
+    nested = {m: np.empty_like(probs) for m in fitters}
     for d in names:
         out = donors == d
-        for method, fitter in FITTERS.items():
-            params = fitter(probs[~out], y[~out], weights[~out])
-            nested[method][out] = calibrate(probs[out], {"method": method, "params": params})
+        for method, fitter in fitters.items():
+            r_in, r_out = (None, None) if ratio is None else (ratio[~out], ratio[out])
+            params = fitter(probs[~out], y[~out], weights[~out], latent_ratio=r_in)
+            nested[method][out] = calibrate(
+                probs[out], {"method": method, "params": params}, latent_ratio=r_out
+            )
     nll = {m: _nll(p, y, weights) for m, p in nested.items()}
     method = min(nll, key=nll.get)
     held = nested[method]  # every cell calibrated without its own donor
@@ -329,7 +377,7 @@ def fit_across_donors(
     }
     return {
         "method": method,
-        "params": FITTERS[method](probs, y, weights),
+        "params": fitters[method](probs, y, weights, latent_ratio=ratio),
         "donor_weighting": "equal (each donor's cells weigh 1 / its cell count)",
         "nested_nll": nll,
         "ece_uncalibrated": expected_calibration_error(probs, y),

@@ -109,7 +109,7 @@ def map_to_reference(
     oor = manifest["oor"]
     mapped = query_bundle(bundle, query, train=bool(new_batches), max_epochs=max_epochs, seed=seed)
     calibration = manifest["calibration"]
-    probs = calibrate(mapped.probs, calibration)
+    probs = calibrate(mapped.probs, calibration, latent_ratio=mapped.latent_ratio)
     sets = prediction_sets(probs, calibration["conformal"])
     best = probs.argmax(axis=1)
     excess, load = _expression_excess(adata, layer, bundle)
