@@ -337,3 +337,7 @@ def test_the_readme_profile_example_is_a_valid_marker_only_profile(tmp_path):
     assert profile["atlas"] is None
     spec = Spec.from_profile(path)
     assert spec.min_positive["FOXA2"].fraction == 0.8 and spec.example
+    # a loaded profile (atlas None, as release pre-flight passes it) validates again: a
+    # marker-only product given by path was refused at release before this
+    assert Spec.from_profile(profile) == spec
+    assert sct.atlas.validate_manifest(profile, "profile") == profile
