@@ -128,6 +128,30 @@ def test_unknown_product_or_missing_spec_is_refused_at_start_up(setting, fragmen
     assert fragment in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
 
 
+def test_an_invalid_profile_file_is_refused_at_start_up(tmp_path):
+    """A lab's own profile with a mistake stops the run before any job, naming the field;
+    before, every lot's release job failed on it."""
+    from sc_celltherapy.atlas._manifests import manifests_dir
+
+    profile = tmp_path / "my_product.yaml"
+    text = (manifests_dir() / "profiles" / "car_t_demo.yaml").read_text()
+    profile.write_text(
+        text.replace("name: car_t_demo", "name: my_product").replace(
+            "description:", "descriptio:", 1
+        )
+    )
+    proc = _snakemake(
+        "--configfile",
+        str(WORKFLOW / "config" / "test.yaml"),
+        "--config",
+        f"product={profile}",
+        "-n",
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "is not a valid profile" in out and "'descriptio' was unexpected" in out
+
+
 def test_reference_none_plans_no_mapping():
     """`reference: none`: no lot is mapped; score reads the QC'd lot; release gets 'none'."""
     proc = _snakemake(

@@ -74,6 +74,21 @@ def summary_command():
     return f"sc-celltherapy summary --outdir {OUT} --lots {lots} --out {OUT}/summary.tsv"
 
 
+def check_profile_file(path):
+    """A lab's own profile file is validated once here, not found invalid in every lot's job.
+    Where Snakemake runs without the package (its jobs in their own environment), each job's
+    pre-flight still refuses it."""
+    try:
+        from sc_celltherapy import InputError
+        from sc_celltherapy.atlas import load_profile
+    except ImportError:
+        return
+    try:
+        load_profile(path)
+    except InputError as err:
+        raise ValueError(f"config product {path!r} is not a valid profile: {err}") from None
+
+
 def check_product_and_spec():
     """Refuse an unknown product or a missing spec file at start-up, not in every lot's job."""
     shipped = Path(workflow.basedir).parent / "reference_atlases" / "profiles"
@@ -85,6 +100,8 @@ def check_product_and_spec():
             "profile YAML file. Fix `product:` in the config (a name, or the path of your "
             "profile)."
         )
+    if product not in names:
+        check_profile_file(product)
     spec = config.get("spec")
     if spec and not Path(spec).is_file():
         raise ValueError(
