@@ -51,6 +51,9 @@ if not os.environ.get("SCT_DOCS_INTERSPHINX"):
 # Tutorials are executed during every build (never shipped with stale outputs); a failing cell
 # fails the build
 nb_execution_mode = os.environ.get("SCT_DOCS_EXECUTE", "force")
+# the kernels draw inline as Jupyter does, whatever backend the calling shell set (CI sets Agg,
+# where plots show nothing)
+os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 nb_execution_timeout = 1200
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
