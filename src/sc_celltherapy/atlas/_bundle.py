@@ -80,8 +80,8 @@ def build(
     cell is predicted by models that never saw its donor. On these out-of-fold predictions the
     bundle chooses its calibration (none, temperature, vector or distance-aware temperature
     scaling, by nested donor cross-validation), fits the conformal label sets (least
-    ambiguous sets at ``alpha``), and fits the out-of-reference threshold (split-conformal 99% quantile of the
-    combined latent and expression evidence, see :mod:`._novelty`). Per donor it stores the
+    ambiguous sets at ``alpha``), and fits the out-of-reference threshold (split-conformal
+    99% quantile of the combined latent and expression evidence, see :mod:`._novelty`). Per donor it stores the
     ECE, the label sets' coverage and their size, each measured on a donor left out of both
     the models and the calibration. With a single batch, ``holdout_fraction`` of each label's
     cells is held out once, and the bundle records that its calibration is within-donor only.
