@@ -17,8 +17,8 @@ rules compared at alpha = 0.1:
 Reported per new donor (mean and worst over the four triples): coverage, mean set size, and
 the ECE of the calibrated top label (15 bins), with the calibration chosen among every
 candidate (now) and among those without the distance-aware temperature (before), and of the
-uncalibrated ensemble. This isolates the calibration and label-set
-step: the models saw four patients, not three (``mapping_new_donors.py`` retrains per split).
+uncalibrated ensemble. This isolates the calibration and label-set step: the models saw four
+patients, not three (``mapping_new_donors.py`` retrains per split).
 
 Run: ``python benchmarks/label_sets.py [--work-dir DIR] [--max-epochs E]``; the bundle is
 built once into the work dir (one member) and reused. Writes
@@ -88,6 +88,7 @@ def evaluate(pred: dict) -> dict:
 
     probs, y, donors = pred["probs"].astype(np.float64), pred["y"], pred["donors"].astype(str)
     probs /= probs.sum(axis=1, keepdims=True)
+    ratio = pred["oor_latent"]
     rows = {}
     for new in np.unique(donors):
         others = [d for d in np.unique(donors) if d != new]
@@ -95,7 +96,6 @@ def evaluate(pred: dict) -> dict:
         runs = []
         for triple in itertools.combinations(others, 3):
             train = np.isin(donors, triple)
-            ratio = pred["oor_latent"]
             cal = fit_across_donors(
                 probs[train], y[train], donors[train], alpha=ALPHA, latent_ratio=ratio[train]
             )

@@ -6,6 +6,7 @@ show (a tutorial whose cells silently stopped executing would carry neither)."""
 
 from __future__ import annotations
 
+import html as html_lib
 import inspect
 import os
 import re
@@ -87,8 +88,6 @@ def _images(html: str) -> int:
 
 def _outputs(html: str) -> str:
     """The text of every executed cell's outputs, tags stripped."""
-    import html as html_lib
-
     blocks = re.findall(
         r'<div class="cell_output docutils container">(.*?)</div>\s*</div>', html, re.S
     )

@@ -27,7 +27,8 @@ N_BINS = 15
 RATIO_FLOOR = 1e-3  # latent outlier ratios are clipped here before their logarithm
 
 
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+def apply_temperature(probs: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """Softmax of the log-probabilities over ``temperature`` (a scalar, or cells x 1)."""
     return _softmax(np.log(np.clip(probs, 1e-12, 1)) / temperature)
 
 
@@ -164,8 +165,7 @@ def calibrate(probs: np.ndarray, calibration: dict, *, latent_ratio=None) -> np.
         if latent_ratio is None:
             msg = "Distance-aware calibration needs each cell's latent_ratio; none was given."
             raise InputError(msg)
-        t = distance_temperatures(params, latent_ratio)
-        return _softmax(np.log(np.clip(probs, 1e-12, 1)) / t[:, None])
+        return apply_temperature(probs, distance_temperatures(params, latent_ratio)[:, None])
     msg = f"Unknown calibration method {method!r} in the bundle; rebuild it with this version."
     raise InputError(msg)
 
