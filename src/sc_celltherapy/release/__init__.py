@@ -6,7 +6,7 @@ from ._audit import AuditError, AuditLog, verify_audit
 from ._preflight import check_out_dir
 from ._results import validate_results
 from ._run import Release, ReleaseExistsError, compare_results, run
-from ._score import score
+from ._score import assess, score
 from ._summary import summarize
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "IMPURITY_CLASSES",
     "run",
     "score",
+    "assess",
     "Release",
     "ReleaseExistsError",
     "compare_results",

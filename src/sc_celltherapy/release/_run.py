@@ -34,7 +34,6 @@ from .._utils import plain
 from ..io import file_sha256
 from ..pp import QCWarning
 from ..tl import IdentityWarning, MappingWarning
-from ..tl.checks import check_enough_cells
 from ._audit import AUDIT_FILE, AuditLog
 from ._preflight import ReleaseExistsError, ResolvedInputs, preflight, preflight_again
 from ._results import (
@@ -43,7 +42,7 @@ from ._results import (
     compare_results,
     spec_digest,
 )
-from ._score import identities
+from ._score import flag_cells, identities, remove_flagged_cells
 
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
 # inside a partial directory: "<host> <pid>" of the run writing it (removed before the rename)
@@ -280,7 +279,7 @@ def _chain(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
 
 
 def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, say, audit):
-    from .. import pl, pp, tl
+    from .. import pl, tl
 
     adata = inputs.adata
     timings: dict[str, float] = {}
@@ -305,12 +304,9 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
     else:
         species = inputs.bundle.manifest.get("species", "human")
     with step("qc", "QC: metrics, low-quality and doublet flags, filter"):
-        pp.qc_metrics(adata, species=species, batch_key=batch_key)
-        pp.flag_low_quality(adata, batch_key=batch_key)
-        pp.doublets(adata, batch_key=batch_key, random_state=seed)
+        flag_cells(adata, species=species, batch_key=batch_key, seed=seed)
         qc_png = _png(pl.qc(adata, return_fig=True))  # drawn before the flagged cells are removed
-        pp.remove_flagged(adata)  # refuses when no cell would be left
-        check_enough_cells(adata, what="cell(s) left after QC")  # before mapping, not after
+        remove_flagged_cells(adata)  # refuses too few cells left, before mapping
     qc = adata.uns[KEYS.QC]
     audit(
         "qc", n_barcodes=qc["n_cells_before"], n_after=qc["n_cells_after"], removed=qc["n_removed"]

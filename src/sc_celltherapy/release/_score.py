@@ -6,11 +6,50 @@ from __future__ import annotations
 
 from anndata import AnnData
 
-from .. import tl
+from .. import pp, tl
 from .._checks import InputError
 from .._keys import KEYS
 from .._spec import Spec
+from ..tl.checks import check_enough_cells
 from ._preflight import resolve_profile
+
+
+def flag_cells(adata: AnnData, *, species: str, batch_key: str | None, seed: int) -> None:
+    """The release's QC before filtering: metrics, low-quality and doublet flags."""
+    pp.qc_metrics(adata, species=species, batch_key=batch_key)
+    pp.flag_low_quality(adata, batch_key=batch_key)
+    pp.doublets(adata, batch_key=batch_key, random_state=seed)
+
+
+def remove_flagged_cells(adata: AnnData) -> None:
+    """Remove the flagged cells; refuse a lot with too few left, before mapping."""
+    pp.remove_flagged(adata)  # refuses when no cell would be left
+    check_enough_cells(adata, what="cell(s) left after QC")
+
+
+def assess(
+    adata: AnnData,
+    *,
+    spec: Spec,
+    profile: dict | None,
+    bundle=None,
+    batch_key: str | None = None,
+    seed: int = 0,
+    min_gene_overlap: float = 0.5,
+) -> tl.PurityReport:
+    """The release chain in memory, without outputs: QC, mapping (or marker panels when
+    ``bundle`` is None), identity and purity, as :func:`sc_celltherapy.release.run` runs them
+    (validation runs mixtures through it). ``adata`` is modified in place (flagged cells
+    removed)."""
+    species = "human" if bundle is None else bundle.manifest.get("species", "human")
+    flag_cells(adata, species=species, batch_key=batch_key, seed=seed)
+    remove_flagged_cells(adata)
+    if bundle is not None:
+        tl.map_to_reference(
+            adata, bundle, batch_key=batch_key, seed=seed, min_gene_overlap=min_gene_overlap
+        )
+    identities(adata, spec, profile)
+    return tl.assess_purity(adata, spec)
 
 
 def identities(adata: AnnData, spec: Spec, profile: dict | None) -> None:

@@ -35,6 +35,23 @@ def identity_records(adata: AnnData) -> dict[str, dict]:
     return records_by_name(adata.uns[KEYS.IDENTITY])
 
 
+def identity_classes(adata: AnnData) -> dict[str, str]:
+    """Each identity a lot's cells can be called (``obs["sct_identity_class"]``) to its
+    impurity class (``target``, ``off_target``, ``residual_pluripotent``), the pluripotency
+    detector's calls included, as :func:`~sc_celltherapy.tl.assess_purity` counts them.
+
+    Parameters
+    ----------
+    adata
+        A lot after :func:`identity_score`.
+
+    Returns
+    -------
+    Identity name to its class.
+    """
+    return impurity_classes(adata.uns[KEYS.IDENTITY])
+
+
 def records_by_name(info: Mapping) -> dict[str, dict]:
     """``uns["sct_identity"]["identities"]`` (keyed by position for h5ad) by identity name."""
     stored = info["identities"]

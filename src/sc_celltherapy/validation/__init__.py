@@ -2,6 +2,7 @@
 validation plan a laboratory writes before it releases lots of a product."""
 
 from ._plan import PlanError, ValidationPlan, load_plan, plan_schema
+from ._run import ValidationResult, run
 from ._spike_in import SPIKE_KEY, SpikeInResult, mix, select_by_markers, spike_in
 
 __all__ = [
@@ -14,4 +15,6 @@ __all__ = [
     "PlanError",
     "load_plan",
     "plan_schema",
+    "run",
+    "ValidationResult",
 ]

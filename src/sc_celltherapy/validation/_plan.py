@@ -58,7 +58,7 @@ class ValidationPlan:
     @property
     def limits(self) -> dict[str, float | None]:
         """Each impurity's spec limit, keyed ``class`` or ``class: identity``."""
-        return {_key(imp): _limit(self.spec, imp) for imp in self.content["impurities"]}
+        return {impurity_key(imp): _limit(self.spec, imp) for imp in self.content["impurities"]}
 
     def __repr__(self) -> str:
         c = self.content
@@ -128,7 +128,7 @@ def load_plan(plan: str | os.PathLike | Mapping, *, check_files: bool = True) ->
     if problems:
         raise PlanError(f"{source}: " + "; ".join(problems) + ".")
     notes = tuple(
-        f"impurities[{i}] ({_key(imp)}): the spec sets no limit for it, so the limit-relative "
+        f"impurities[{i}] ({impurity_key(imp)}): the spec sets no limit for it, so the limit-relative "
         "criteria (LOD, repeatability at the limit) are reported, not judged"
         for i, imp in enumerate(content["impurities"])
         if _limit(spec, imp) is None
@@ -157,7 +157,7 @@ def _check_consistency(content: dict) -> list[str]:
         lo, hi = criterion.get("min"), criterion.get("max")
         if lo is not None and hi is not None and lo > hi:
             problems.append(f"field acceptance/{name}: min {lo} exceeds max {hi}")
-    keys = [_key(imp) for imp in content["impurities"]]
+    keys = [impurity_key(imp) for imp in content["impurities"]]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         problems.append(f"field impurities: {repeated} listed more than once")
@@ -192,7 +192,7 @@ def _materials(content: dict):
         yield f"field impurities/{i}/material/file", imp["material"]
 
 
-def _key(impurity: Mapping) -> str:
+def impurity_key(impurity: Mapping) -> str:
     return impurity["class"] + (f": {impurity['identity']}" if impurity.get("identity") else "")
 
 

@@ -1,0 +1,56 @@
+"""The cells a validation plan names: its base and impurity materials, read and selected."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+from anndata import AnnData
+
+from .._checks import InputError
+from ..io import read
+from ._spike_in import select_by_markers
+
+MATERIAL_KEY = "sct_material"  # obs of the pooled cells: "base" or the impurity's key
+
+
+def read_material(material: Mapping, *, where: str) -> AnnData:
+    """A material's cells: its file read as a lot (counts checked), then its selection (an obs
+    column's values, or a marker rule). ``where`` names the plan field in errors."""
+    adata = read(Path(material["file"]))
+    select = material.get("select")
+    if select and "obs" in select:
+        column, values = select["obs"]["column"], select["obs"]["values"]
+        if column not in adata.obs:
+            msg = f"{where}: {material['file']} has no obs column {column!r} to select on."
+            raise InputError(msg)
+        keep = adata.obs[column].astype(str).isin(values).to_numpy()
+    elif select and "markers" in select:
+        rule = select["markers"]
+        keep = select_by_markers(
+            adata, positive=rule["positive"], negative=rule.get("negative", ())
+        )
+    else:
+        keep = np.ones(adata.n_obs, dtype=bool)
+    if keep.sum() == 0:
+        msg = f"{where}: no cell of {material['file']} meets the selection {select}."
+        raise InputError(msg)
+    cells = adata[keep].copy()
+    cells.obs = cells.obs[[]]
+    return cells
+
+
+def pool(base: AnnData, impurities: Mapping[str, AnnData]) -> AnnData:
+    """Every material's cells in one lot (genes in common), each cell's material in
+    ``obs["sct_material"]``."""
+    parts = {"base": base, **impurities}
+    pooled = ad.concat(parts, join="inner", label=MATERIAL_KEY, index_unique="-")
+    if pooled.n_vars < 0.5 * min(p.n_vars for p in parts.values()):
+        msg = (
+            f"The materials share only {pooled.n_vars} genes; read them with the same gene "
+            "naming (symbols or Ensembl IDs) and the same feature set."
+        )
+        raise InputError(msg)
+    return pooled

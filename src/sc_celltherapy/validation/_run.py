@@ -1,0 +1,485 @@
+"""A validation plan run through the release chain: every parameter with its criterion's verdict.
+
+The chain (QC, mapping, identity, purity: :func:`sc_celltherapy.release.assess`) runs once per
+seed on all materials pooled, each impurity a minority among the base's cells as in an impure
+lot; every cell keeps its call. A mixture is then a draw of cells and its estimate the share of
+its assessed cells called as the impurity, so a plan of hundreds of mixtures costs a few chain
+runs. That shortcut assumes a cell's call does not depend on which other cells share its lot;
+the run checks it by running the whole chain on one mixture per impurity and recording whether
+the pooled estimate lies inside the chain's 95% interval. Robustness factors change a whole lot
+(depth, cells, genes, ambient RNA, doublets), so each of their levels is a chain run of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _stats, tl
+from .._checks import InputError
+from .._keys import KEYS
+from .._logging import logger
+from .._provenance import hardware
+from .._utils import plain
+from .._version import __version__
+from ..release import assess
+from . import _parameters as par
+from . import _perturb
+from ._materials import MATERIAL_KEY, pool, read_material
+from ._plan import ValidationPlan, impurity_key, load_plan
+
+SEED_OFFSETS = (0, 1)  # intermediate precision: the plan's seed and one more
+ROBUSTNESS = {
+    "depth": "sequencing depth (counts binomially thinned)",
+    "n_cells": "cells per lot",
+    "genes_missing": "reference genes missing from the lot",
+    "ambient": "share of counts that is ambient RNA",
+    "doublet_rate": "planted doublets per barcode",
+}
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Outcome of :func:`run`: ``parameters`` (one row per parameter and impurity, with its
+    value, criterion and verdict), ``levels`` (per impurity and level: recovery, precision,
+    detection), ``mixtures`` (every mixture's estimate per seed), ``specificity``,
+    ``chain_check``, ``robustness`` and ``provenance``."""
+
+    plan: ValidationPlan = field(repr=False)
+    parameters: pd.DataFrame = field(repr=False)
+    levels: pd.DataFrame = field(repr=False)
+    mixtures: pd.DataFrame = field(repr=False)
+    specificity: pd.DataFrame = field(repr=False)
+    chain_check: pd.DataFrame = field(repr=False)
+    robustness: pd.DataFrame = field(repr=False)
+    provenance: dict = field(repr=False)
+
+    @property
+    def verdict(self) -> str:
+        """FAIL when any judged parameter fails, else PASS."""
+        judged = self.parameters["verdict"].dropna()
+        return _stats.FAIL if (judged == _stats.FAIL).any() else _stats.PASS
+
+    def __repr__(self) -> str:
+        judged = self.parameters["verdict"].value_counts().to_dict()
+        return (
+            f"ValidationResult {self.plan.name!r}: {self.verdict} ({judged}); "
+            f"{len(self.mixtures)} mixture estimates, {len(self.robustness)} robustness runs"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        def records(df: pd.DataFrame) -> list:
+            return df.reset_index().to_dict(orient="records")
+
+        return plain(
+            {
+                "schema": "sc_celltherapy.validation.result/1",
+                "plan": {
+                    "name": self.plan.name,
+                    "source": self.plan.source,
+                    "sha256": self.plan.sha256,
+                    "example": bool(self.plan.content.get("example", False)),
+                    "content": self.plan.content,
+                    "warnings": list(self.plan.warnings),
+                },
+                "verdict": self.verdict,
+                "parameters": records(self.parameters),
+                "levels": records(self.levels),
+                "specificity": records(self.specificity),
+                "chain_check": records(self.chain_check),
+                "robustness": records(self.robustness),
+                "mixtures": records(self.mixtures),
+                "provenance": self.provenance,
+            }
+        )
+
+
+def run(
+    plan: ValidationPlan | str | os.PathLike | Mapping,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> ValidationResult:
+    """Run a validation plan through the release chain.
+
+    Parameters
+    ----------
+    plan
+        A :class:`ValidationPlan` or what :func:`load_plan` reads (checked before any cell is
+        read).
+    progress
+        Called with a line per step (the CLI prints them).
+
+    Returns
+    -------
+    The :class:`ValidationResult`; :func:`write_dossier` writes it.
+    """
+    say = progress or logger.info
+    plan = plan if isinstance(plan, ValidationPlan) else load_plan(plan)
+    c = plan.content
+    started = time.perf_counter()
+    bundle, profile = _resolve(plan)
+    say(f"read the materials of {plan.name}")
+    base = read_material(c["base"], where="field base")
+    materials = {
+        impurity_key(imp): read_material(imp["material"], where=f"field impurities/{i}/material")
+        for i, imp in enumerate(c["impurities"])
+    }
+    cells = pool(base, materials)
+    _check_lot(cells, plan, bundle, profile)
+    seeds = [c["seed"] + k for k in SEED_OFFSETS]
+    calls = {}
+    for s in seeds:
+        say(f"the release chain on all {cells.n_obs} pooled cells (seed {s})")
+        calls[s] = _pooled_calls(cells, plan, bundle, profile, s)
+    say("mixtures drawn from the pooled calls")
+    mixtures = _mixtures(cells, calls, plan)
+    impurities = {impurity_key(imp): imp for imp in c["impurities"]}
+    levels, parameters = [], []
+    for key in impurities:
+        mine = mixtures[mixtures["impurity"] == key]
+        table, rows = _judge(mine, plan, key)
+        levels.append(table.assign(impurity=key).reset_index())
+        parameters += rows
+    specificity = _specificity(cells, calls[seeds[0]], list(impurities))
+    for key, row in specificity.drop(index="base").iterrows():
+        parameters.append(
+            _parameter(
+                "specificity_cross_call", key, row["called_as_other_impurity"], c["acceptance"]
+            )
+        )
+    say("the whole chain on one mixture per impurity (check of the pooled calls)")
+    chain_check = _chain_check(cells, calls[seeds[0]], plan, bundle, profile)
+    say("robustness: one chain run per factor level")
+    robustness = _robustness(cells, plan, bundle, profile, say)
+    changes = int(robustness["verdicts_changed"].sum()) if len(robustness) else None
+    parameters.append(_parameter("robustness_verdict_changes", "all", changes, c["acceptance"]))
+    return ValidationResult(
+        plan=plan,
+        parameters=pd.DataFrame(parameters),
+        levels=pd.concat(levels, ignore_index=True),
+        mixtures=mixtures,
+        specificity=specificity,
+        chain_check=chain_check,
+        robustness=robustness,
+        provenance={
+            "sc_celltherapy": __version__,
+            "seeds": seeds,
+            "reference": None
+            if bundle is None
+            else {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256},
+            "spec": plan.spec.to_dict(),
+            "n_pooled_cells": int(cells.n_obs),
+            "hardware": hardware(),
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+
+
+def _resolve(plan: ValidationPlan):
+    from .. import atlas
+
+    profile = atlas.load_profile(plan.content["product"])
+    reference = plan.content.get("reference", profile.get("atlas"))
+    if reference is None or str(reference).lower() == "none":
+        return None, profile
+    return atlas.load(reference), profile
+
+
+def _check_lot(cells: AnnData, plan: ValidationPlan, bundle, profile) -> None:
+    """The release's own pre-flight checks on the pooled materials, before any chain run: a
+    plan whose lots the release would refuse is refused here, naming the plan."""
+    from ..tl import checks
+
+    try:
+        checks.check_enough_cells(cells, what="pooled material cells")
+        if bundle is not None:
+            checks.check_genes(cells, bundle, min_gene_overlap=0.5, warn_gene_overlap=0.0)
+        checks.check_spec_identities(cells, profile, plan.spec, bundle)
+        checks.check_transgene_features(cells, plan.spec)
+        checks.check_marker_gates(cells, plan.spec)
+    except InputError as err:
+        raise InputError(f"{plan.source}: the release would refuse these lots: {err}") from err
+
+
+def called(adata: AnnData, impurity: Mapping) -> np.ndarray:
+    """Cells of a lot (after identity and purity) called as ``impurity``: its named identity,
+    else any identity of its class; proliferating and unassigned as the purity table counts
+    them."""
+    if impurity["class"] == "proliferating":
+        return adata.obs[f"{KEYS.PURITY}_proliferating"].to_numpy(dtype=bool)
+    names = adata.obs[KEYS.IDENTITY_CLASS].astype(str).to_numpy()
+    if impurity.get("identity"):
+        return names == impurity["identity"]
+    if impurity["class"] == "unassigned":
+        return names == "unassigned"
+    of_class = [n for n, k in tl.identity_classes(adata).items() if k == impurity["class"]]
+    return np.isin(names, of_class)
+
+
+def _pooled_calls(cells, plan, bundle, profile, seed) -> pd.DataFrame:
+    """Per pooled cell: assessed (kept by QC) and, per impurity, called as it."""
+    lot = cells.copy()
+    assess(lot, spec=plan.spec, profile=profile, bundle=bundle, seed=seed)
+    out = pd.DataFrame(index=cells.obs_names)
+    out["assessed"] = out.index.isin(lot.obs_names)
+    for imp in plan.content["impurities"]:
+        hit = pd.Series(called(lot, imp), index=lot.obs_names)
+        out[impurity_key(imp)] = hit.reindex(out.index, fill_value=False).to_numpy()
+    out["identity"] = lot.obs[KEYS.IDENTITY_CLASS].astype(str).reindex(out.index).fillna("QC")
+    return out
+
+
+def _draw(rng, base: np.ndarray, spike: np.ndarray, fraction: float, n_cells: int):
+    """Indices of a mixture: ``round(fraction * n_cells)`` spike cells, the rest base cells,
+    each drawn without replacement unless its material has too few cells (then with)."""
+    n_spike = int(round(fraction * n_cells))
+    n_base = n_cells - n_spike
+    parts = [
+        rng.choice(pool_, n, replace=n > pool_.size)
+        for pool_, n in ((base, n_base), (spike, n_spike))
+    ]
+    return np.concatenate(parts), n_spike > spike.size or n_base > base.size
+
+
+def _mixtures(cells, calls: dict, plan: ValidationPlan) -> pd.DataFrame:
+    c = plan.content
+    material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
+    base = np.flatnonzero(material == "base")
+    rng = np.random.default_rng(c["seed"])
+    rows = []
+    draws = [(None, 0.0, r) for r in range(2 * c["replicates"])]  # blanks, shared
+    draws += [
+        (impurity_key(imp), f, r)
+        for imp in c["impurities"]
+        for f in c["levels"]
+        for r in range(c["replicates"])
+    ]
+    for spiked, fraction, replicate in draws:
+        spike = np.flatnonzero(material == spiked) if spiked else base[:0]
+        idx, replaced = _draw(rng, base, spike, fraction, c["n_cells"])
+        for key in [spiked] if spiked else [impurity_key(imp) for imp in c["impurities"]]:
+            for seed, table in calls.items():
+                assessed = table["assessed"].to_numpy()[idx]
+                hit = table[key].to_numpy()[idx] & assessed
+                rows.append(
+                    {
+                        "impurity": key,
+                        "seed": seed,
+                        "true_fraction": fraction,
+                        "replicate": replicate,
+                        "n_assessed": int(assessed.sum()),
+                        "n_called": int(hit.sum()),
+                        "estimate": hit.sum() / max(assessed.sum(), 1),
+                        "drawn_with_replacement": replaced,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _parameter(name: str, impurity: str, value, acceptance: dict, *, at=None) -> dict:
+    criterion = acceptance.get(name)
+    ok = par.within(value, criterion)
+    return {
+        "parameter": name,
+        "impurity": impurity,
+        "value": value,
+        "at_level": at,
+        "criterion": criterion,
+        "verdict": None if ok is None else (_stats.PASS if ok else _stats.FAIL),
+    }
+
+
+def _judge(mixtures: pd.DataFrame, plan: ValidationPlan, key: str):
+    """One impurity's per-level table and its parameter rows."""
+    acc = plan.content["acceptance"]
+    limit = plan.limits[key]
+    lob = par.limit_of_blank(mixtures)
+    table = par.precision(mixtures).join(par.detection(mixtures, lob))
+    lin = par.linearity(mixtures)
+    lod = par.lod_by_rate(table)
+    probit = par.lod_by_probit(mixtures, lob)
+    loq = par.quantitation(table, acc)
+    at = par.nearest_level(table.index, limit)
+    linear = all(par.within(lin[k], acc.get(k)) is not False for k in ("slope", "intercept", "r2"))
+    top = float(table.index.max())
+    recovery = table["recovery"]
+    worst = float(recovery.iloc[np.argmax(np.abs(np.log(recovery.clip(lower=1e-9))))])
+    rows = [
+        _parameter("recovery", key, worst, acc) | {"note": "the level furthest from 1"},
+        *(_parameter(k, key, lin[k], acc) for k in ("slope", "intercept", "r2")),
+        _parameter("repeatability_cv", key, table.loc[at, "cv_repeatability"], acc, at=at),
+        _parameter("intermediate_precision_cv", key, table.loc[at, "cv_intermediate"], acc, at=at),
+        _parameter("lod_vs_limit", key, None if lod is None or limit is None else lod / limit, acc),
+        _parameter("limit_of_blank_vs_limit", key, None if limit is None else lob / limit, acc),
+    ]
+    summary = {
+        "limit": limit,
+        "limit_of_blank": lob,
+        "lod": lod,
+        "lod_probit": probit["lod"],
+        "lod_probit_note": probit["note"],
+        "loq": loq,
+        "sampling_lod": par.sampling_limit(plan.content["n_cells"]),
+        "range": [loq, top] if loq is not None and linear else None,
+    }
+    for name, value in summary.items():
+        rows.append({"parameter": name, "impurity": key, "value": value, "verdict": None})
+    return table, rows
+
+
+def _specificity(cells, calls: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per impurity material, its assessed cells' calls: as itself, as another impurity of the
+    plan, as the target, as anything else (the base row: every impurity's blank share)."""
+    material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
+    rows = {}
+    for mat in [*keys, "base"]:
+        sel = (material == mat) & calls["assessed"].to_numpy()
+        n = int(sel.sum())
+        row = {"n_assessed": n}
+        for key in keys:
+            row[f"called_as {key}"] = float(calls[key].to_numpy()[sel].mean()) if n else np.nan
+        if mat != "base":
+            others = [k for k in keys if k != mat]
+            other = calls[others].to_numpy()[sel].any(axis=1) if others else np.zeros(n, bool)
+            row["called_as_self"] = row[f"called_as {mat}"]
+            row["called_as_other_impurity"] = float(other.mean()) if n else np.nan
+        row["called_as_target"] = float((calls["identity"].to_numpy()[sel] == "target").mean())
+        rows[mat] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _limit_lot(cells, plan: ValidationPlan, rng, n_cells: int) -> tuple[AnnData, bool]:
+    """A lot with every impurity at the level nearest its spec limit (a lot at the edge of
+    release)."""
+    c = plan.content
+    material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
+    parts, replaced = [], False
+    n_base = n_cells
+    for imp in c["impurities"]:
+        key = impurity_key(imp)
+        f = par.nearest_level(c["levels"], plan.limits[key])
+        n = int(round(f * n_cells))
+        idx = np.flatnonzero(material == key)
+        parts.append(rng.choice(idx, n, replace=n > idx.size))
+        replaced |= n > idx.size
+        n_base -= n
+    base = np.flatnonzero(material == "base")
+    parts.insert(0, rng.choice(base, n_base, replace=n_base > base.size))
+    replaced |= n_base > base.size
+    lot = cells[np.concatenate(parts)].copy()
+    lot.obs_names = [f"cell-{i}" for i in range(lot.n_obs)]
+    return lot, replaced
+
+
+def _chain_check(cells, calls, plan, bundle, profile) -> pd.DataFrame:
+    c = plan.content
+    material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
+    base = np.flatnonzero(material == "base")
+    rng = np.random.default_rng(c["seed"] + 1000)
+    rows = []
+    for imp in c["impurities"]:
+        key = impurity_key(imp)
+        f = par.nearest_level(c["levels"], plan.limits[key])
+        idx, _ = _draw(rng, base, np.flatnonzero(material == key), f, c["n_cells"])
+        assessed = calls["assessed"].to_numpy()[idx]
+        pooled = float((calls[key].to_numpy()[idx] & assessed).sum() / max(assessed.sum(), 1))
+        lot = cells[idx].copy()
+        lot.obs_names = [f"cell-{i}" for i in range(lot.n_obs)]
+        assess(lot, spec=plan.spec, profile=profile, bundle=bundle, seed=c["seed"])
+        k, n = int(called(lot, imp).sum()), lot.n_obs
+        lo, hi = _stats.fraction_interval(k, n)
+        rows.append(
+            {
+                "impurity": key,
+                "true_fraction": f,
+                "chain_estimate": k / n,
+                "ci_low": lo,
+                "ci_high": hi,
+                "pooled_estimate": pooled,
+                "pooled_inside": lo <= pooled <= hi,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _release_numbers(lot, plan, bundle, profile, seed) -> dict:
+    report = assess(lot, spec=plan.spec, profile=profile, bundle=bundle, seed=seed)
+    numbers = {"target": report.target.fraction}
+    verdicts = {"target": report.target.verdict, "overall": report.verdict}
+    for name, row in report.impurities.iterrows():
+        numbers[name] = float(row["fraction"])
+        verdicts[name] = row["verdict"]
+    return {"numbers": numbers, "verdicts": verdicts}
+
+
+def _robustness(cells, plan, bundle, profile, say) -> pd.DataFrame:
+    c = plan.content
+    factors = c.get("robustness") or {}
+    if not factors:
+        return pd.DataFrame(columns=["factor", "level", "verdicts_changed"])
+    rng = np.random.default_rng(c["seed"] + 2000)
+    nominal_lot, _ = _limit_lot(cells, plan, rng, c["n_cells"])
+    nominal = _release_numbers(nominal_lot.copy(), plan, bundle, profile, c["seed"])
+    genes = list(nominal_lot.var_names) if bundle is None else list(bundle.genes)
+    rows = [
+        {
+            "factor": "nominal",
+            "level": None,
+            "description": "every impurity at its spec limit",
+            "refused": None,
+            "max_abs_shift": 0.0,
+            "shift": {},
+            "verdicts": nominal["verdicts"],
+            "numbers": nominal["numbers"],
+            "changed": [],
+            "verdicts_changed": 0,
+        }
+    ]
+    for factor, levels in factors.items():
+        for level in levels:
+            say(f"robustness: {ROBUSTNESS[factor]} = {level}")
+            lot = _perturbed(cells, nominal_lot, plan, factor, level, genes, rng)
+            row = {"factor": factor, "level": level, "description": ROBUSTNESS[factor]}
+            try:
+                got = _release_numbers(lot, plan, bundle, profile, c["seed"])
+            except InputError as err:  # a lot the release refuses is an outcome that changed
+                rows.append(row | {"refused": str(err), "verdicts_changed": 1})
+                continue
+            changed = [k for k, v in got["verdicts"].items() if v != nominal["verdicts"].get(k)]
+            shift = {
+                k: got["numbers"][k] - nominal["numbers"].get(k, np.nan) for k in got["numbers"]
+            }
+            rows.append(
+                row
+                | {
+                    "refused": None,
+                    "max_abs_shift": float(np.nanmax(np.abs(list(shift.values())))),
+                    "shift": shift,
+                    "verdicts": got["verdicts"],
+                    "numbers": got["numbers"],
+                    "changed": changed,
+                    "verdicts_changed": len(changed),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _perturbed(cells, nominal_lot, plan, factor, level, genes, rng) -> AnnData:
+    if factor == "depth":
+        return _perturb.thin_depth(nominal_lot, level, rng)
+    if factor == "n_cells":
+        return _limit_lot(cells, plan, rng, int(level))[0]
+    if factor == "genes_missing":
+        return _perturb.drop_genes(nominal_lot, level, genes, rng)
+    if factor == "ambient":
+        return _perturb.add_ambient(nominal_lot, level, rng)
+    if factor == "doublet_rate":
+        return _perturb.add_doublets(nominal_lot, level, rng)
+    raise InputError(f"Unknown robustness factor {factor!r}; use one of {sorted(ROBUSTNESS)}.")
