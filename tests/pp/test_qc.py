@@ -199,3 +199,26 @@ def test_qc_steps_are_safe_to_rerun():
     with pytest.raises(sct.InputError, match=r"already filtered on 'sct_low_quality'"):
         sct.pp.flag_low_quality(lot)
     assert lot.uns["sct_qc"]["n_cells_before"] == 600  # nothing changed by the refusals
+
+
+def test_a_few_deep_cells_do_not_make_the_lot_a_low_mode(shared_data):
+    """Twenty real full-length hESC (a million reads each) among 480 real CAR-T cells: their
+    genes per cell form a small upper mode. Mode-splitting flagged all 480 real cells as the
+    'low mode' (a validation mixture lost 98% of its cells so); the deep cells are now left to
+    the MAD criteria."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    cart = ad.read_h5ad(shared_data / "cart_labelled_dev.h5ad")[:480].copy()
+    hesc = ad.read_h5ad(shared_data / "hesc_h1_and_endothelial_chu2016_100cells.h5ad")
+    hesc = hesc[hesc.obs["cell_type"] == "hESC"][:20].copy()
+    hesc.X = sp.csr_matrix(np.round(hesc.X.toarray() if sp.issparse(hesc.X) else hesc.X))
+    lot = ad.concat({"cart": cart, "hesc": hesc}, join="inner", label="material", index_unique="-")
+    sct.pp.qc_metrics(lot)
+    sct.pp.flag_low_quality(lot)
+    record = lot.uns["sct_low_quality"]
+    assert record["bimodal"]["all"] is False
+    assert record["n_flagged"]["low_mode"] == 0
+    from_cart = (lot.obs["material"] == "cart").to_numpy()
+    assert lot.obs["sct_low_quality"].to_numpy()[from_cart].mean() < 0.1
+    assert lot.obs["sct_low_quality_counts"].to_numpy()[~from_cart].all()  # MAD: too many counts

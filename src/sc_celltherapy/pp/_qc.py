@@ -28,6 +28,11 @@ _ASHMAN_D_MIN = 2.0
 # upper mode must hold at least twice as many. Tight clusters of one cell type (a resampled lot,
 # a reduced gene panel) can pass Ashman's D while differing by a few percent in genes.
 _MODE_RATIO_MIN = 2.0
+# ... and the upper mode must hold at least this share of barcodes: a lot is its cells, so a
+# small group with many more genes (cells of another protocol or depth, multiplets) is not the
+# lot's real cells; mode-splitting would flag the whole lot (a validation mixture with 2% of
+# full-length hESC lost 98% of its cells so). Such cells are left to the MAD criteria.
+_UPPER_MODE_MIN = 0.1
 _CRITERIA = ("low_mode", "counts", "genes", "top20", "mt")
 # The human mitochondrial genome has 13 protein-coding genes; a percentage over fewer than this
 # many (a reduced gene panel) measures one or two genes' noise, not the cell's state.
@@ -282,7 +287,12 @@ def _upper_mode(log_genes: np.ndarray) -> tuple[np.ndarray, float | None]:
     lo, hi = np.argsort(means)
     ashman_d = np.sqrt(2) * abs(means[hi] - means[lo]) / np.sqrt(sds[lo] ** 2 + sds[hi] ** 2)
     ratio = np.exp(means[hi] - means[lo])
-    if ashman_d <= _ASHMAN_D_MIN or gmm.weights_[lo] < 0.01 or ratio < _MODE_RATIO_MIN:
+    if (
+        ashman_d <= _ASHMAN_D_MIN
+        or gmm.weights_[lo] < 0.01
+        or gmm.weights_[hi] < _UPPER_MODE_MIN
+        or ratio < _MODE_RATIO_MIN
+    ):
         return everyone, None
     # Split where the upper component becomes the more probable one, between the two means.
     grid = np.linspace(means[lo], means[hi], 512).reshape(-1, 1)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
-from .._checks import InputError
+from .._checks import InputError, check_counts
 from ..io import read
 from ._spike_in import select_by_markers
 
@@ -19,7 +21,16 @@ MATERIAL_KEY = "sct_material"  # obs of the pooled cells: "base" or the impurity
 def read_material(material: Mapping, *, where: str) -> AnnData:
     """A material's cells: its file read as a lot (counts checked), then its selection (an obs
     column's values, or a marker rule). ``where`` names the plan field in errors."""
-    adata = read(Path(material["file"]))
+    if material.get("round_counts"):
+        adata = ad.read_h5ad(material["file"]) if str(material["file"]).endswith(".h5ad") else None
+        if adata is None:
+            msg = f"{where}: round_counts is for .h5ad files of expected counts only."
+            raise InputError(msg)
+        adata.X = _rounded(adata.X)
+        adata.var_names_make_unique()
+        check_counts(adata)
+    else:
+        adata = read(Path(material["file"]))
     select = material.get("select")
     if select and "obs" in select:
         column, values = select["obs"]["column"], select["obs"]["values"]
@@ -42,10 +53,31 @@ def read_material(material: Mapping, *, where: str) -> AnnData:
     return cells
 
 
-def pool(base: AnnData, impurities: Mapping[str, AnnData]) -> AnnData:
-    """Every material's cells in one lot (genes in common), each cell's material in
-    ``obs["sct_material"]``."""
-    parts = {"base": base, **impurities}
+def _rounded(X):
+    if sp.issparse(X):
+        X = X.copy()
+        X.data = np.round(X.data)
+        X.eliminate_zeros()
+        return X
+    return sp.csr_matrix(np.round(np.asarray(X)))
+
+
+def pool(base: AnnData, impurities: Mapping[str, AnnData], *, base_only=()) -> AnnData:
+    """Every material's cells in one lot on the genes all of them measured, each cell's material
+    in ``obs["sct_material"]``. Features in ``base_only`` (a spec's transgene features: the
+    product's own construct) are kept from the base and are zero in impurity materials that
+    lack them, whose cells were never transduced."""
+    parts = {"base": base}
+    for key, cells in impurities.items():
+        absent = [f for f in base_only if f in base.var_names and f not in cells.var_names]
+        if absent:
+            zeros = ad.AnnData(
+                X=sp.csr_matrix((cells.n_obs, len(absent)), dtype=np.float32),
+                obs=cells.obs[[]],
+                var=pd.DataFrame(index=absent),
+            )
+            cells = ad.concat([cells, zeros], axis=1, join="outer", merge="first")
+        parts[key] = cells
     pooled = ad.concat(parts, join="inner", label=MATERIAL_KEY, index_unique="-")
     if pooled.n_vars < 0.5 * min(p.n_vars for p in parts.values()):
         msg = (

@@ -131,7 +131,7 @@ def run(
         impurity_key(imp): read_material(imp["material"], where=f"field impurities/{i}/material")
         for i, imp in enumerate(c["impurities"])
     }
-    cells = pool(base, materials)
+    cells = pool(base, materials, base_only=plan.spec.transgene_features)
     _check_lot(cells, plan, bundle, profile)
     seeds = [c["seed"] + k for k in SEED_OFFSETS]
     calls = {}
