@@ -32,7 +32,7 @@ def test_car_t_example_plan_on_the_real_data(shared_data, tmp_path, monkeypatch)
         material["file"] = str(shared_data / Path(material["file"]).name)
     plan = load_plan(data)
     assert plan.limits == {
-        "off_target: monocytes": 0.2,
+        "off_target": 0.2,
         "off_target: B-lineage cells": 0.01,
         "residual_pluripotent": None,
     }
@@ -43,6 +43,11 @@ def test_car_t_example_plan_on_the_real_data(shared_data, tmp_path, monkeypatch)
         "+ 10 blanks = 100 mixtures of 2000 cells"
     )
     assert len(plan.sha256) == 64
+    # naming an identity the spec does not limit on its own is said, not silently judged
+    data["impurities"][0]["identity"] = "monocytes"
+    notes = load_plan(data).warnings
+    assert len(notes) == 2
+    assert "limits 'off_target' as a class, not 'monocytes' alone" in notes[1]
 
 
 @pytest.fixture

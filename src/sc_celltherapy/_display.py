@@ -3,6 +3,7 @@ notebooks (``_repr_html_``), verdicts coloured as in the report."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from html import escape
 
@@ -17,6 +18,30 @@ VERDICT_COLOURS = {
     "inconclusive": "#ef6c00",
     None: "#607d8b",
 }
+
+
+# the stylesheet of every HTML document the package writes (release report, validation dossier)
+REPORT_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #212121; line-height: 1.4; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.8em;
+     border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.name, th.name { text-align: left; }
+.PASS { background: #e8f5e9; color: #1b5e20; font-weight: 600; }
+.FAIL { background: #ffebee; color: #b71c1c; font-weight: 600; }
+.INCONCLUSIVE { background: #fff8e1; color: #8d6e00; font-weight: 600; }
+.verdict { font-size: 1.3em; padding: 0.3em 0.8em; display: inline-block; border-radius: 4px; }
+.example { background: #fff3e0; border: 1px solid #ffb74d; padding: 0.5em 0.8em; }
+img { max-width: 100%; border: 1px solid #eee; }
+code, .mono { font-family: ui-monospace, monospace; font-size: 0.88em; word-break: break-all; }
+"""
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def pct(value) -> str:

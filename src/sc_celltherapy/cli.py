@@ -16,6 +16,7 @@ from ._checks import InputError
 from ._cli_atlas import add_atlas_commands
 from ._cli_audit import add_audit_commands
 from ._cli_summaries import cluster_summary, map_summary, qc_summary, release_summary
+from ._cli_validate import add_validate_command
 from ._keys import KEYS
 from ._logging import logger
 from ._settings import settings
@@ -178,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_audit_commands(sub)
     add_atlas_commands(sub)
+    add_validate_command(sub)
     return parser
 
 

@@ -7,36 +7,15 @@ statement, warnings and notes, and the provenance of every input.
 
 from __future__ import annotations
 
-import base64
 import json
 from html import escape
 from typing import Any
 
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto;
-       max-width: 1100px; color: #212121; line-height: 1.4; padding: 0 1em; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.8em;
-     border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th { background: #f3f3f3; } td.name, th.name { text-align: left; }
-.PASS { background: #e8f5e9; color: #1b5e20; font-weight: 600; }
-.FAIL { background: #ffebee; color: #b71c1c; font-weight: 600; }
-.INCONCLUSIVE { background: #fff8e1; color: #8d6e00; font-weight: 600; }
-.verdict { font-size: 1.3em; padding: 0.3em 0.8em; display: inline-block; border-radius: 4px; }
-.example { background: #fff3e0; border: 1px solid #ffb74d; padding: 0.5em 0.8em; }
-img { max-width: 100%; border: 1px solid #eee; }
-code, .mono { font-family: ui-monospace, monospace; font-size: 0.88em; word-break: break-all; }
-"""
+from .._display import REPORT_CSS, img_tag
 
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _kv_table(rows: list[tuple[str, Any]]) -> str:
@@ -218,7 +197,7 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         ]
     reliability_html = "" if ref is None else _reliability_table(ref["calibration"])
     if "reliability" in figures:
-        reliability_html += _img(
+        reliability_html += img_tag(
             figures["reliability"], "reliability diagram and label-set coverage per held-out donor"
         )
     provenance = [
@@ -255,13 +234,15 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         reliability_html,
         "<h2>Quality control</h2>",
         _kv_table(qc_rows),
-        _img(figures["qc"], "QC metric distributions with thresholds") if "qc" in figures else "",
+        img_tag(figures["qc"], "QC metric distributions with thresholds")
+        if "qc" in figures
+        else "",
         "<h2>Identity</h2>",
-        _img(figures["identity"], "identity score and class on the UMAP")
+        img_tag(figures["identity"], "identity score and class on the UMAP")
         if "identity" in figures
         else "",
         "<h2>Composition against the spec</h2>",
-        _img(figures["composition"], "fractions with 95% intervals and spec limits")
+        img_tag(figures["composition"], "fractions with 95% intervals and spec limits")
         if "composition" in figures
         else "",
         "<h2>Limit of detection</h2>",
@@ -278,7 +259,7 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
         "img-src data:; style-src 'unsafe-inline'\">"
         f"<title>Release {escape(results['lot_id'])}: {verdict}</title>"
-        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+        f"<style>{REPORT_CSS}</style></head><body>\n{body}\n</body></html>\n"
     )
 
 

@@ -53,6 +53,21 @@ def read_material(material: Mapping, *, where: str) -> AnnData:
     return cells
 
 
+def match_depth(cells: AnnData, base: AnnData, rng) -> AnnData:
+    """Each cell's counts binomially thinned to a library size drawn from the base's (never
+    raised): the same cells as the lots' sequencing would have counted them."""
+    totals = np.asarray(base.X.sum(axis=1)).ravel()
+    X = sp.csr_matrix(cells.X, dtype=np.float32, copy=True)
+    size = np.asarray(X.sum(axis=1)).ravel()
+    keep = np.minimum(1.0, rng.choice(totals, cells.n_obs) / np.maximum(size, 1))
+    per_value = np.repeat(keep, np.diff(X.indptr))
+    X.data = rng.binomial(X.data.astype(np.int64), per_value).astype(np.float32)
+    X.eliminate_zeros()
+    out = cells.copy()
+    out.X = X
+    return out
+
+
 def _rounded(X):
     if sp.issparse(X):
         X = X.copy()

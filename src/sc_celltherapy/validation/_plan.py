@@ -133,6 +133,15 @@ def load_plan(plan: str | os.PathLike | Mapping, *, check_files: bool = True) ->
         for i, imp in enumerate(content["impurities"])
         if _limit(spec, imp) is None
     )
+    notes += tuple(
+        f"impurities[{i}] ({impurity_key(imp)}): the spec limits {imp['class']!r} as a class, "
+        f"not {imp['identity']!r} alone; its recovery counts {imp['identity']!r} calls, its "
+        "limit-relative criteria use the class's limit"
+        for i, imp in enumerate(content["impurities"])
+        if imp.get("identity")
+        and imp["identity"] not in spec.max_identity_fraction
+        and _limit(spec, imp) is not None
+    )
     return ValidationPlan(
         content=content,
         spec=spec,

@@ -31,18 +31,11 @@ from .._utils import plain
 from .._version import __version__
 from ..release import assess
 from . import _parameters as par
-from . import _perturb
-from ._materials import MATERIAL_KEY, pool, read_material
+from ._materials import MATERIAL_KEY, match_depth, pool, read_material
 from ._plan import ValidationPlan, impurity_key, load_plan
+from ._robustness import robustness_runs
 
 SEED_OFFSETS = (0, 1)  # intermediate precision: the plan's seed and one more
-ROBUSTNESS = {
-    "depth": "sequencing depth (counts binomially thinned)",
-    "n_cells": "cells per lot",
-    "genes_missing": "reference genes missing from the lot",
-    "ambient": "share of counts that is ambient RNA",
-    "doublet_rate": "planted doublets per barcode",
-}
 
 
 @dataclass(frozen=True)
@@ -131,6 +124,11 @@ def run(
         impurity_key(imp): read_material(imp["material"], where=f"field impurities/{i}/material")
         for i, imp in enumerate(c["impurities"])
     }
+    rng = np.random.default_rng(c["seed"])
+    for imp in c["impurities"]:
+        if imp["material"].get("match_depth"):
+            key = impurity_key(imp)
+            materials[key] = match_depth(materials[key], base, rng)
     cells = pool(base, materials, base_only=plan.spec.transgene_features)
     _check_lot(cells, plan, bundle, profile)
     seeds = [c["seed"] + k for k in SEED_OFFSETS]
@@ -147,7 +145,7 @@ def run(
         table, rows = _judge(mine, plan, key)
         levels.append(table.assign(impurity=key).reset_index())
         parameters += rows
-    specificity = _specificity(cells, calls[seeds[0]], list(impurities))
+    specificity = _specificity(cells, calls[seeds[0]], impurities)
     for key, row in specificity.drop(index="base").iterrows():
         parameters.append(
             _parameter(
@@ -157,7 +155,7 @@ def run(
     say("the whole chain on one mixture per impurity (check of the pooled calls)")
     chain_check = _chain_check(cells, calls[seeds[0]], plan, bundle, profile)
     say("robustness: one chain run per factor level")
-    robustness = _robustness(cells, plan, bundle, profile, say)
+    robustness = robustness_runs(cells, plan, bundle, profile, say)
     changes = int(robustness["verdicts_changed"].sum()) if len(robustness) else None
     parameters.append(_parameter("robustness_verdict_changes", "all", changes, c["acceptance"]))
     return ValidationResult(
@@ -334,48 +332,36 @@ def _judge(mixtures: pd.DataFrame, plan: ValidationPlan, key: str):
     return table, rows
 
 
-def _specificity(cells, calls: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per impurity material, its assessed cells' calls: as itself, as another impurity of the
-    plan, as the target, as anything else (the base row: every impurity's blank share)."""
+def _specificity(cells, calls: pd.DataFrame, impurities: dict) -> pd.DataFrame:
+    """Per material, its cells' fate in the pooled run: removed by QC, and among the assessed
+    ones the share called as each impurity of the plan, as another impurity (a *cross-call*;
+    an impurity that names only the class of this one's identity is not another) and as the
+    target. The base row holds every impurity's blank share."""
     material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
+    assessed = calls["assessed"].to_numpy()
     rows = {}
-    for mat in [*keys, "base"]:
-        sel = (material == mat) & calls["assessed"].to_numpy()
+    for mat in [*impurities, "base"]:
+        n_cells = int((material == mat).sum())
+        sel = (material == mat) & assessed
         n = int(sel.sum())
-        row = {"n_assessed": n}
-        for key in keys:
+        row = {"n_cells": n_cells, "removed_by_qc": 1 - n / n_cells, "n_assessed": n}
+        for key in impurities:
             row[f"called_as {key}"] = float(calls[key].to_numpy()[sel].mean()) if n else np.nan
         if mat != "base":
-            others = [k for k in keys if k != mat]
+            own = impurities[mat]
+            others = [
+                k
+                for k, imp in impurities.items()
+                if k != mat and not (imp["class"] == own["class"] and not imp.get("identity"))
+            ]
             other = calls[others].to_numpy()[sel].any(axis=1) if others else np.zeros(n, bool)
             row["called_as_self"] = row[f"called_as {mat}"]
             row["called_as_other_impurity"] = float(other.mean()) if n else np.nan
-        row["called_as_target"] = float((calls["identity"].to_numpy()[sel] == "target").mean())
+        row["called_as_target"] = (
+            float((calls["identity"].to_numpy()[sel] == "target").mean()) if n else np.nan
+        )
         rows[mat] = row
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def _limit_lot(cells, plan: ValidationPlan, rng, n_cells: int) -> tuple[AnnData, bool]:
-    """A lot with every impurity at the level nearest its spec limit (a lot at the edge of
-    release)."""
-    c = plan.content
-    material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
-    parts, replaced = [], False
-    n_base = n_cells
-    for imp in c["impurities"]:
-        key = impurity_key(imp)
-        f = par.nearest_level(c["levels"], plan.limits[key])
-        n = int(round(f * n_cells))
-        idx = np.flatnonzero(material == key)
-        parts.append(rng.choice(idx, n, replace=n > idx.size))
-        replaced |= n > idx.size
-        n_base -= n
-    base = np.flatnonzero(material == "base")
-    parts.insert(0, rng.choice(base, n_base, replace=n_base > base.size))
-    replaced |= n_base > base.size
-    lot = cells[np.concatenate(parts)].copy()
-    lot.obs_names = [f"cell-{i}" for i in range(lot.n_obs)]
-    return lot, replaced
 
 
 def _chain_check(cells, calls, plan, bundle, profile) -> pd.DataFrame:
@@ -407,79 +393,3 @@ def _chain_check(cells, calls, plan, bundle, profile) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def _release_numbers(lot, plan, bundle, profile, seed) -> dict:
-    report = assess(lot, spec=plan.spec, profile=profile, bundle=bundle, seed=seed)
-    numbers = {"target": report.target.fraction}
-    verdicts = {"target": report.target.verdict, "overall": report.verdict}
-    for name, row in report.impurities.iterrows():
-        numbers[name] = float(row["fraction"])
-        verdicts[name] = row["verdict"]
-    return {"numbers": numbers, "verdicts": verdicts}
-
-
-def _robustness(cells, plan, bundle, profile, say) -> pd.DataFrame:
-    c = plan.content
-    factors = c.get("robustness") or {}
-    if not factors:
-        return pd.DataFrame(columns=["factor", "level", "verdicts_changed"])
-    rng = np.random.default_rng(c["seed"] + 2000)
-    nominal_lot, _ = _limit_lot(cells, plan, rng, c["n_cells"])
-    nominal = _release_numbers(nominal_lot.copy(), plan, bundle, profile, c["seed"])
-    genes = list(nominal_lot.var_names) if bundle is None else list(bundle.genes)
-    rows = [
-        {
-            "factor": "nominal",
-            "level": None,
-            "description": "every impurity at its spec limit",
-            "refused": None,
-            "max_abs_shift": 0.0,
-            "shift": {},
-            "verdicts": nominal["verdicts"],
-            "numbers": nominal["numbers"],
-            "changed": [],
-            "verdicts_changed": 0,
-        }
-    ]
-    for factor, levels in factors.items():
-        for level in levels:
-            say(f"robustness: {ROBUSTNESS[factor]} = {level}")
-            lot = _perturbed(cells, nominal_lot, plan, factor, level, genes, rng)
-            row = {"factor": factor, "level": level, "description": ROBUSTNESS[factor]}
-            try:
-                got = _release_numbers(lot, plan, bundle, profile, c["seed"])
-            except InputError as err:  # a lot the release refuses is an outcome that changed
-                rows.append(row | {"refused": str(err), "verdicts_changed": 1})
-                continue
-            changed = [k for k, v in got["verdicts"].items() if v != nominal["verdicts"].get(k)]
-            shift = {
-                k: got["numbers"][k] - nominal["numbers"].get(k, np.nan) for k in got["numbers"]
-            }
-            rows.append(
-                row
-                | {
-                    "refused": None,
-                    "max_abs_shift": float(np.nanmax(np.abs(list(shift.values())))),
-                    "shift": shift,
-                    "verdicts": got["verdicts"],
-                    "numbers": got["numbers"],
-                    "changed": changed,
-                    "verdicts_changed": len(changed),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def _perturbed(cells, nominal_lot, plan, factor, level, genes, rng) -> AnnData:
-    if factor == "depth":
-        return _perturb.thin_depth(nominal_lot, level, rng)
-    if factor == "n_cells":
-        return _limit_lot(cells, plan, rng, int(level))[0]
-    if factor == "genes_missing":
-        return _perturb.drop_genes(nominal_lot, level, genes, rng)
-    if factor == "ambient":
-        return _perturb.add_ambient(nominal_lot, level, rng)
-    if factor == "doublet_rate":
-        return _perturb.add_doublets(nominal_lot, level, rng)
-    raise InputError(f"Unknown robustness factor {factor!r}; use one of {sorted(ROBUSTNESS)}.")
