@@ -94,7 +94,13 @@ def lod_by_probit(mixtures: pd.DataFrame, lob: float) -> dict:
     if b <= 0:
         return {"lod": None, "note": "detection does not increase with the level"}
     lod = float(10 ** ((norm.ppf(DETECTION_RATE) - a) / b))
-    return {"lod": lod, "intercept": float(a), "slope": float(b), "note": None}
+    fit = {"intercept": float(a), "slope": float(b)}
+    levels = spiked["true_fraction"]
+    if not levels.min() <= lod <= levels.max():
+        # an extrapolated probit point rests on the model's tails, not on mixtures
+        note = f"the fitted 95% point ({lod:.3g}) lies outside the levels tested; not reported"
+        return {"lod": None, **fit, "note": note}
+    return {"lod": lod, **fit, "note": None}
 
 
 def linearity(mixtures: pd.DataFrame) -> dict:
