@@ -131,20 +131,44 @@ def _criterion(c) -> str:
 
 
 def _parameter_table(result) -> str:
+    """One row per parameter, one column per impurity: the value, coloured by its verdict
+    where the plan sets a criterion."""
+    params = result.parameters[result.parameters["parameter"] != "lod_probit_note"]
+    impurities = list(dict.fromkeys(params["impurity"]))
+    head = "<tr><th class='name'>parameter</th><th>criterion</th>" + "".join(
+        f"<th>{escape(i)}</th>" for i in impurities
+    )
     rows = []
-    for r in result.parameters.to_dict(orient="records"):
-        verdict = r.get("verdict")
-        cls = verdict if isinstance(verdict, str) else ""
-        at = r.get("at_level")
-        at = "" if at is None or pd.isna(at) else f" (at {pct(at)})"
+    for name, group in params.groupby("parameter", sort=False):
+        by_imp = {r["impurity"]: r for r in group.to_dict(orient="records")}
+        first = next(iter(by_imp.values()))
+        at = first.get("at_level")
+        at = "" if at is None or pd.isna(at) else " (at the level nearest the limit)"
+        cells = []
+        for imp in impurities:
+            r = by_imp.get(imp)
+            if r is None:
+                cells.append("<td></td>")
+                continue
+            verdict = r.get("verdict")
+            cls = verdict if isinstance(verdict, str) else ""
+            mark = f" {verdict}" if isinstance(verdict, str) else ""
+            cells.append(f"<td class='{cls}'>{_fmt(name, r['value'])}{mark}</td>")
         rows.append(
-            f"<tr><td class='name'>{escape(r['impurity'])}</td>"
-            f"<td class='name'>{escape(r['parameter'])}{at}</td>"
-            f"<td>{_fmt(r['parameter'], r['value'])}</td><td>{_criterion(r.get('criterion'))}</td>"
-            f"<td class='{cls}'>{verdict if isinstance(verdict, str) else '–'}</td></tr>"
+            f"<tr><td class='name'>{escape(name)}{at}</td>"
+            f"<td>{_criterion(first.get('criterion'))}</td>{''.join(cells)}</tr>"
         )
-    head = "<tr><th>impurity</th><th>parameter</th><th>value</th><th>criterion</th><th>verdict</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"<table>{head}</tr>{''.join(rows)}</table>"
+
+
+def _notes(result) -> str:
+    p = result.parameters
+    notes = p[(p["parameter"] == "lod_probit_note") & p["value"].notna()]
+    items = "".join(
+        f"<li>{escape(r.impurity)}: probit LOD: {escape(str(r.value))}</li>"
+        for r in notes.itertuples()
+    )
+    return f"<ul>{items}</ul>" if items else ""
 
 
 def _frame(df: pd.DataFrame, pct_columns=()) -> str:
@@ -190,9 +214,13 @@ def render(result, figs: dict[str, bytes]) -> str:
         img_tag(figs["linearity"], "estimate against truth with the fit, and residuals"),
         "<h2>Precision</h2>",
         img_tag(figs["precision"], "CV by level"),
-        _frame(result.levels, pct_columns=("true_fraction", "mean_estimate")),
+        _frame(
+            result.levels[["impurity", *result.levels.columns.drop("impurity")]],
+            pct_columns=("true_fraction", "mean_estimate"),
+        ),
         "<h2>Detection</h2>",
         img_tag(figs["detection"], "share of mixtures detected by level, with the LODs"),
+        _notes(result),
         "<h2>Specificity</h2>",
         "<p>Each material's assessed cells in the pooled run: the share called as each "
         "impurity of the plan and as the target (the base row is the blank).</p>",
