@@ -99,6 +99,7 @@ def main() -> None:
 
     sct.settings.verbosity = "error"
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="sct_validation_"))
+    out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_on_shared_data()
     start = time.perf_counter()
     result = sct.validation.run(plan, progress=lambda line: print(f"  {line}", flush=True))

@@ -283,3 +283,72 @@ def test_probit_lod_outside_the_levels_is_not_reported():
         rows += [{"true_fraction": f, "estimate": f * rng.binomial(1, p)} for _ in range(50)]
     fit = par.lod_by_probit(pd.DataFrame(rows), lob=0.0)
     assert fit["lod"] is None and "outside the levels tested" in fit["note"]
+
+
+@pytest.fixture(scope="module")
+def toy_dossier(toy_result, tmp_path_factory):
+    return sct.validation.write_dossier(toy_result, tmp_path_factory.mktemp("d") / "dossier")
+
+
+def _toy_release(toy_plan, tmp_path, n_cells: int, **kwargs):
+    lot = sct.datasets.toy_product(
+        n_cells=n_cells, fractions={"T cell": 0.98, "monocyte": 0.02}, seed=5
+    )
+    lot.write_h5ad(tmp_path / "lot.h5ad")
+    return sct.release.run(
+        tmp_path / "lot.h5ad",
+        out_dir=tmp_path / "release",
+        lot_id="LOT-V",
+        operator="qa",
+        spec=toy_plan["spec"],
+        product="car_t_demo",
+        reference="none",
+        **kwargs,
+    )
+
+
+def test_a_release_cites_the_dossier_that_covers_it(toy_plan, toy_dossier, tmp_path):
+    """A 500-barcode lot of the validated product, spec and (no) reference: covered, the
+    dossier's hash recorded, in the audit trail's reads and in the report."""
+    rel = _toy_release(toy_plan, tmp_path, 500, validation=toy_dossier)
+    cited = rel.results["validation"]
+    assert cited["covers"] is True and cited["outside"] == []
+    assert cited["sha256"] == sct.io.file_sha256(toy_dossier / "validation.json")
+    assert cited["validated_range"]["n_barcodes"] == [500, 500]
+    assert not any(w.startswith("validation") for w in rel.results["warnings"])
+    assert "Method validation" in (rel.out_dir / "report.html").read_text()
+    sct.release.validate_results(rel.results)
+
+
+def test_a_lot_outside_the_validated_range_is_said_so(toy_plan, toy_dossier, tmp_path):
+    rel = _toy_release(toy_plan, tmp_path, 800, validation=toy_dossier)
+    cited = rel.results["validation"]
+    assert cited["covers"] is False
+    assert cited["outside"] == ["800 barcodes, outside the validated 500-500"]
+    assert "validation dossier toy does not cover this lot: 800 barcodes" in " ".join(
+        rel.results["warnings"]
+    )
+    assert rel.verdict in ("PASS", "FAIL", "INCONCLUSIVE")  # judged as before, not refused
+
+
+def test_a_release_without_a_dossier_says_so(toy_plan, tmp_path):
+    rel = _toy_release(toy_plan, tmp_path, 500)
+    assert rel.results["validation"] == {
+        "dossier": None,
+        "covers": False,
+        "outside": [sct.release._validated.NO_DOSSIER],
+    }
+    assert any("no validation dossier was cited" in w for w in rel.results["warnings"])
+
+
+def test_a_changed_dossier_is_refused_before_work(toy_plan, toy_dossier, tmp_path):
+    forged = tmp_path / "forged"
+    shutil.copytree(toy_dossier, forged)
+    data = json.loads((forged / "validation.json").read_text())
+    data["verdict"] = "PASS" if data["verdict"] == "FAIL" else "FAIL"
+    (forged / "validation.json").write_text(json.dumps(data))
+    with pytest.raises(sct.InputError, match="changed after the validation"):
+        _toy_release(toy_plan, tmp_path, 500, validation=forged)
+    assert not (tmp_path / "release").exists()
+    with pytest.raises(sct.InputError, match="is not a validation dossier"):
+        _toy_release(toy_plan, tmp_path, 500, validation=tmp_path)

@@ -136,6 +136,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the lab's Ed25519 public key: a bundle without the lab's signature is refused",
     )
+    rel.add_argument(
+        "--validation",
+        type=Path,
+        default=None,
+        metavar="DOSSIER",
+        help="the validation dossier (`validate --out`) covering this product, reference and "
+        "spec: cited in the results, with a warning when the lot lies outside its range",
+    )
     rel.set_defaults(func=_cmd_release)
 
     cmp_ = sub.add_parser(
@@ -340,6 +348,7 @@ def _cmd_release(args: argparse.Namespace) -> None:
         sign_key=args.sign_key,
         reference_sha256=args.reference_sha256,
         reference_public_key=args.reference_public_key,
+        validation=args.validation,
         progress=_progress,
     )
     print(release_summary(result))

@@ -4,7 +4,7 @@ from .._signing import SigningError, generate_key
 from .._spec import IMPURITY_CLASSES, Spec, SpecError
 from ._audit import AuditError, AuditLog, verify_audit
 from ._preflight import check_out_dir
-from ._results import validate_results
+from ._results import spec_digest, validate_results
 from ._run import Release, ReleaseExistsError, compare_results, run
 from ._score import assess, score
 from ._summary import summarize
@@ -25,6 +25,7 @@ __all__ = [
     "summarize",
     "check_out_dir",
     "validate_results",
+    "spec_digest",
     "generate_key",
     "SigningError",
 ]

@@ -152,6 +152,23 @@ def _chain_of_identity(donor: dict | None) -> str:
     )
 
 
+def _validation_section(cited: dict | None) -> str:
+    """The validation dossier the release cites, and whether it covers this lot."""
+    if cited is None:  # results.json of a version before dossiers were cited
+        return ""
+    if cited["dossier"] is None:
+        return "<h2>Method validation</h2><p class='example'>No validation dossier was cited.</p>"
+    rows = [
+        ("dossier", cited["dossier"]),
+        ("validation.json sha256", cited["sha256"]),
+        ("plan", f"{cited['plan']} (sha256 {cited['plan_sha256']})"),
+        ("dossier verdict", cited["verdict"]),
+        ("validated range", json.dumps(cited["validated_range"])),
+        ("covers this lot", "yes" if cited["covers"] else "no: " + "; ".join(cited["outside"])),
+    ]
+    return "<h2>Method validation</h2>" + _kv_table(rows)
+
+
 def render_report(results: dict, figures: dict[str, bytes]) -> str:
     """The HTML text of the report for ``results`` (results.json) and PNG ``figures``."""
     run = results.get("run", {})
@@ -247,6 +264,7 @@ def render_report(results: dict, figures: dict[str, bytes]) -> str:
         else "",
         "<h2>Limit of detection</h2>",
         f"<p id='lod-statement'>{escape(results['detection']['statement'])}</p>",
+        _validation_section(results.get("validation")),
         "<h2>Warnings and notes</h2>",
         f"<ul>{notes_html}</ul>",
         "<h2>Provenance</h2>",

@@ -43,6 +43,7 @@ from ._results import (
     spec_digest,
 )
 from ._score import flag_cells, identities, remove_flagged_cells
+from ._validated import coverage, median_counts, read_dossier
 
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
 # inside a partial directory: "<host> <pid>" of the run writing it (removed before the rename)
@@ -111,6 +112,7 @@ def run(
     sign_key: str | os.PathLike | None = None,
     reference_sha256: str | None = None,
     reference_public_key: str | os.PathLike | None = None,
+    validation: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Release:
     """Release one lot: read, QC, map, score identity, assess purity, write the report.
@@ -160,6 +162,12 @@ def run(
         The lab's Ed25519 public key: the bundle must carry the lab's signature of its hash
         (``sc-celltherapy atlas sign``), or it is refused before work. results.json records
         whether and with which key the signature was checked (``reference.signature``).
+    validation
+        The validation dossier (``sc-celltherapy validate --out``) that covers this product,
+        reference and spec: verified before work, cited in results.json (``validation``) and
+        the report, with a warning when it does not cover the lot (another product, reference
+        or spec; cells, depth or gene overlap outside the validated range). ``None``: the
+        release says that no dossier was cited.
     progress
         Called with one line per step (the command prints them).
 
@@ -186,6 +194,9 @@ def run(
         reference_public_key=reference_public_key,
         layer=layer,
     )
+    dossier = read_dossier(validation) if validation is not None else None  # before work
+    if dossier is not None:
+        inputs.read_hashes["validation:validation.json"] = dossier["sha256"]
     run_id = uuid.uuid4().hex
     started = _now()
     stale = remove_stale_partials(inputs.out_dir.parent)
@@ -225,6 +236,7 @@ def run(
         results, adata, figures, timings = _chain(
             inputs, lot_id, batch_key, seed, min_gene_overlap, say, audit
         )
+        cite_validation(results, dossier, adata, say)
         rerun = None
         if verify_rerun:
             say("verify-rerun: running the whole chain a second time")
@@ -360,6 +372,31 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         if not marker_only:
             figures["reliability"] = _png(pl.reliability(adata, return_fig=True))
     return results, adata, figures, timings
+
+
+def cite_validation(results: dict, dossier: dict | None, adata, say) -> None:
+    """results.json's ``validation``: the dossier cited and what it covers of this lot; each
+    reason it does not cover the lot is also a warning of the release."""
+    mapping = results["mapping"] or {}
+    results["validation"] = coverage(
+        dossier,
+        product=results["product"],
+        spec_sha256=results["spec"]["sha256"],
+        reference_sha256=(results["reference"] or {}).get("sha256"),
+        n_barcodes=results["qc"]["n_barcodes"],
+        median_counts=median_counts(adata),
+        gene_overlap=mapping.get("gene_overlap"),
+    )
+    for reason in results["validation"]["outside"]:
+        message = (
+            f"validation: {reason}"
+            if dossier is None
+            else (
+                f"validation dossier {results['validation']['plan']} does not cover this lot: {reason}"
+            )
+        )
+        results["warnings"].append(message)
+        say(f"warning: {message}")
 
 
 def _counts(values) -> dict[str, int]:

@@ -26,10 +26,10 @@ from .. import _stats, tl
 from .._checks import InputError
 from .._keys import KEYS
 from .._logging import logger
-from .._provenance import hardware
+from .._provenance import hardware, versions
 from .._utils import plain
 from .._version import __version__
-from ..release import assess
+from ..release import assess, spec_digest
 from . import _parameters as par
 from ._materials import MATERIAL_KEY, match_depth, pool, read_material
 from ._plan import ValidationPlan, impurity_key, load_plan
@@ -168,16 +168,44 @@ def run(
         robustness=robustness,
         provenance={
             "sc_celltherapy": __version__,
+            "versions": versions(),
             "seeds": seeds,
             "reference": None
             if bundle is None
             else {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256},
             "spec": plan.spec.to_dict(),
+            "spec_sha256": spec_digest(plan.spec),
+            "validated_range": _validated_range(cells, calls[seeds[0]], plan, bundle),
             "n_pooled_cells": int(cells.n_obs),
             "hardware": hardware(),
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
+
+
+def _validated_range(cells, calls: pd.DataFrame, plan: ValidationPlan, bundle) -> dict:
+    """The lots this validation covers, as a release checks them: barcodes per lot (the
+    mixtures' and the robustness levels'), the median counts per cell passing QC (the base's,
+    times the lowest depth tested) and the share of the reference's genes (the materials',
+    less the most genes removed)."""
+    c = plan.content
+    rob = c.get("robustness") or {}
+    sizes = [c["n_cells"], *rob.get("n_cells", [])]
+    base = (cells.obs[MATERIAL_KEY].astype(str) == "base").to_numpy() & calls["assessed"].to_numpy()
+    depth = float(np.median(calls.loc[base, "total_counts"])) * min([1.0, *rob.get("depth", [])])
+    overlap = None
+    if bundle is not None:
+        from ..tl.checks import check_genes  # the mapping's own overlap rule
+
+        found = check_genes(cells, bundle, min_gene_overlap=0.0, warn_gene_overlap=0.0)[1]
+        overlap = float(found * (1 - max([0.0, *rob.get("genes_missing", [])])))
+    return {
+        "n_barcodes": [int(min(sizes)), int(max(sizes))],
+        "median_counts_min": depth,
+        "gene_overlap_min": overlap,
+        "rule": "barcodes within the range; median counts per cell passing QC and gene overlap "
+        "at least the minimum",
+    }
 
 
 def _resolve(plan: ValidationPlan):
@@ -231,6 +259,8 @@ def _pooled_calls(cells, plan, bundle, profile, seed) -> pd.DataFrame:
         hit = pd.Series(called(lot, imp), index=lot.obs_names)
         out[impurity_key(imp)] = hit.reindex(out.index, fill_value=False).to_numpy()
     out["identity"] = lot.obs[KEYS.IDENTITY_CLASS].astype(str).reindex(out.index).fillna("QC")
+    counts = pd.Series(np.asarray(lot.X.sum(axis=1)).ravel(), index=lot.obs_names)
+    out["total_counts"] = counts.reindex(out.index).to_numpy()
     return out
 
 
