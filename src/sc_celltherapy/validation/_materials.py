@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,6 +52,16 @@ def read_material(material: Mapping, *, where: str) -> AnnData:
     cells = adata[keep].copy()
     cells.obs = cells.obs[[]]
     return cells
+
+
+def take(cells: AnnData, idx: np.ndarray) -> AnnData:
+    """The cells at ``idx`` (a cell drawn twice appears twice) as a new lot, renamed
+    ``cell-0``, ``cell-1``, ... so that every barcode is unique."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Observation names are not unique", UserWarning)
+        lot = cells[idx].copy()
+    lot.obs_names = [f"cell-{i}" for i in range(lot.n_obs)]
+    return lot
 
 
 def match_depth(cells: AnnData, base: AnnData, rng) -> AnnData:

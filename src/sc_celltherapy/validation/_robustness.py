@@ -14,7 +14,7 @@ from .._checks import InputError
 from ..release import assess
 from . import _parameters as par
 from . import _perturb
-from ._materials import MATERIAL_KEY
+from ._materials import MATERIAL_KEY, take
 from ._plan import ValidationPlan, impurity_key
 
 ROBUSTNESS = {
@@ -44,9 +44,7 @@ def _limit_lot(cells, plan: ValidationPlan, rng, n_cells: int) -> tuple[AnnData,
     base = np.flatnonzero(material == "base")
     parts.insert(0, rng.choice(base, n_base, replace=n_base > base.size))
     replaced |= n_base > base.size
-    lot = cells[np.concatenate(parts)].copy()
-    lot.obs_names = [f"cell-{i}" for i in range(lot.n_obs)]
-    return lot, replaced
+    return take(cells, np.concatenate(parts)), replaced
 
 
 def _release_numbers(lot, plan, bundle, profile, seed) -> dict:
@@ -60,6 +58,9 @@ def _release_numbers(lot, plan, bundle, profile, seed) -> dict:
 
 
 def robustness_runs(cells, plan, bundle, profile, say) -> pd.DataFrame:
+    """One row per robustness level (and the nominal lot first): the release numbers, their
+    shifts from the nominal lot's, and the verdicts that changed (a refused lot counts as one
+    change)."""
     c = plan.content
     factors = c.get("robustness") or {}
     if not factors:

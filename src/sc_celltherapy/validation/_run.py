@@ -31,7 +31,7 @@ from .._utils import plain
 from .._version import __version__
 from ..release import assess, spec_digest
 from . import _parameters as par
-from ._materials import MATERIAL_KEY, match_depth, pool, read_material
+from ._materials import MATERIAL_KEY, match_depth, pool, read_material, take
 from ._plan import ValidationPlan, impurity_key, load_plan
 from ._robustness import robustness_runs
 
@@ -406,8 +406,7 @@ def _chain_check(cells, calls, plan, bundle, profile) -> pd.DataFrame:
         idx, _ = _draw(rng, base, np.flatnonzero(material == key), f, c["n_cells"])
         assessed = calls["assessed"].to_numpy()[idx]
         pooled = float((calls[key].to_numpy()[idx] & assessed).sum() / max(assessed.sum(), 1))
-        lot = cells[idx].copy()
-        lot.obs_names = [f"cell-{i}" for i in range(lot.n_obs)]
+        lot = take(cells, idx)
         assess(lot, spec=plan.spec, profile=profile, bundle=bundle, seed=c["seed"])
         k, n = int(called(lot, imp).sum()), lot.n_obs
         lo, hi = _stats.fraction_interval(k, n)
