@@ -352,3 +352,29 @@ def test_a_changed_dossier_is_refused_before_work(toy_plan, toy_dossier, tmp_pat
     assert not (tmp_path / "release").exists()
     with pytest.raises(sct.InputError, match="is not a validation dossier"):
         _toy_release(toy_plan, tmp_path, 500, validation=tmp_path)
+
+
+def test_precision_across_base_batches_sees_a_donor_that_differs(toy_plan, tmp_path):
+    """A base of two donors, one of whose cells are 5% monocytes (called as the impurity): at
+    2% spiked into 500 cells, donor A's mixtures read 2.0% and donor B's 2.0% + 490 x 5% / 500
+    = 6.9%, a CV across donors of 0.78; replicate draws of the pooled base, which mix the two
+    donors, vary less (CV 0.21). A third donor of 20 cells is left out, and said so."""
+    a = _toy_cells("T cell", 600, 11)
+    b = ad.concat([_toy_cells("T cell", 570, 12), _toy_cells("monocyte", 30, 13)], index_unique="-")
+    c = _toy_cells("T cell", 20, 14)
+    base = ad.concat({"A": a, "B": b, "C": c}, label="donor", index_unique="-")
+    base.write_h5ad(tmp_path / "base.h5ad")
+    plan = {
+        **toy_plan,
+        "base": {"file": str(tmp_path / "base.h5ad"), "batch_key": "donor"},
+        "robustness": {},
+    }
+    result = sct.validation.run(plan)
+    assert result.provenance["base_batches"] == {"used": ["A", "B"], "left_out_too_small": ["C"]}
+    rows = result.base_batches[result.base_batches["true_fraction"] == 0.02]
+    by_donor = rows.set_index("base_batch")["estimate"]
+    assert by_donor["A"] == pytest.approx(0.02, abs=0.002)
+    assert by_donor["B"] == pytest.approx(0.069, abs=0.004)
+    cv = _value(result, "between_batch_cv")
+    assert cv["value"] == pytest.approx(0.78, abs=0.05) and cv["at_level"] == 0.02
+    assert _value(result, "repeatability_cv")["value"] == pytest.approx(0.21, abs=0.02)

@@ -25,7 +25,17 @@ PER_RUN_KEY = "run"
 
 
 def spec_digest(spec: Spec) -> str:
-    """sha256 of the spec's canonical YAML: the same spec has the same hash wherever it came from."""
+    """sha256 of the spec's canonical YAML: the same spec has the same hash wherever it came from.
+
+    Parameters
+    ----------
+    spec
+        The release specification.
+
+    Returns
+    -------
+    The hex digest (results.json ``spec.sha256``; a validation dossier's ``spec_sha256``).
+    """
     import hashlib
 
     return hashlib.sha256(spec.to_yaml().encode()).hexdigest()

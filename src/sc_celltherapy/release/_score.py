@@ -39,8 +39,30 @@ def assess(
 ) -> tl.PurityReport:
     """The release chain in memory, without outputs: QC, mapping (or marker panels when
     ``bundle`` is None), identity and purity, as :func:`sc_celltherapy.release.run` runs them
-    (validation runs mixtures through it). ``adata`` is modified in place (flagged cells
-    removed)."""
+    (validation runs its mixtures through it).
+
+    Parameters
+    ----------
+    adata
+        The lot's counts; modified in place (flagged cells removed, mapping and calls added).
+    spec
+        The release specification.
+    profile
+        The product profile (a dict, as :func:`sc_celltherapy.atlas.load_profile` returns it),
+        or ``None`` for a spec whose target names reference labels.
+    bundle
+        The reference bundle; ``None``: identities from the profile's marker panels.
+    batch_key
+        Column of ``.obs`` with the lot's channels.
+    seed
+        Seed of every random step.
+    min_gene_overlap
+        Smallest share of the reference's genes the lot must have.
+
+    Returns
+    -------
+    The :class:`~sc_celltherapy.tl.PurityReport`.
+    """
     species = "human" if bundle is None else bundle.manifest.get("species", "human")
     flag_cells(adata, species=species, batch_key=batch_key, seed=seed)
     remove_flagged_cells(adata)

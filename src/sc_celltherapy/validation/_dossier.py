@@ -33,7 +33,17 @@ def result_schema() -> dict:
 
 
 def check_dossier_dir(out_dir: str | os.PathLike) -> Path:
-    """Refuse an existing dossier directory or a missing parent, before any work."""
+    """Refuse an existing dossier directory or a missing parent, before any work.
+
+    Parameters
+    ----------
+    out_dir
+        The dossier directory to create.
+
+    Returns
+    -------
+    Its absolute path.
+    """
     out = Path(out_dir).absolute()
     if out.exists():
         msg = f"{out} exists; a dossier is never overwritten. Choose a new directory."

@@ -74,7 +74,9 @@ def figures(result) -> dict[str, bytes]:
     for ax, key in zip(axes[0], keys, strict=True):
         lv = result.levels[result.levels["impurity"] == key]
         ax.plot(lv["true_fraction"], lv["cv_repeatability"], "o-", label="repeatability")
-        ax.plot(lv["true_fraction"], lv["cv_intermediate"], "s--", label="intermediate")
+        ax.plot(lv["true_fraction"], lv["cv_intermediate"], "s--", label="intermediate (seeds)")
+        if "cv_between_base_batches" in lv:
+            ax.plot(lv["true_fraction"], lv["cv_between_base_batches"], "^:", label="base batches")
         _band(ax, acc.get("repeatability_cv"))
         ax.set(xscale="log", title=key, xlabel="spiked fraction", ylabel="CV")
     axes[0][0].legend(fontsize=8)

@@ -17,6 +17,7 @@ from ..io import read
 from ._spike_in import select_by_markers
 
 MATERIAL_KEY = "sct_material"  # obs of the pooled cells: "base" or the impurity's key
+BATCH_KEY = "sct_base_batch"  # obs of the pooled cells: the base's batch (batch_key)
 
 
 def read_material(material: Mapping, *, where: str) -> AnnData:
@@ -50,7 +51,14 @@ def read_material(material: Mapping, *, where: str) -> AnnData:
         msg = f"{where}: no cell of {material['file']} meets the selection {select}."
         raise InputError(msg)
     cells = adata[keep].copy()
+    batch_key = material.get("batch_key")
+    if batch_key is not None and batch_key not in cells.obs:
+        msg = f"{where}: {material['file']} has no obs column {batch_key!r} (batch_key)."
+        raise InputError(msg)
+    batch = None if batch_key is None else cells.obs[batch_key].astype(str).to_numpy()
     cells.obs = cells.obs[[]]
+    if batch is not None:
+        cells.obs[BATCH_KEY] = batch
     return cells
 
 
@@ -105,6 +113,10 @@ def pool(base: AnnData, impurities: Mapping[str, AnnData], *, base_only=()) -> A
             cells = ad.concat([cells, zeros], axis=1, join="outer", merge="first")
         parts[key] = cells
     pooled = ad.concat(parts, join="inner", label=MATERIAL_KEY, index_unique="-")
+    if BATCH_KEY in base.obs:  # concat keeps only obs columns every material has
+        batch = [base.obs[BATCH_KEY].to_numpy()]
+        batch += [np.full(p.n_obs, None, dtype=object) for k, p in parts.items() if k != "base"]
+        pooled.obs[BATCH_KEY] = np.concatenate(batch)
     if pooled.n_vars < 0.5 * min(p.n_vars for p in parts.values()):
         msg = (
             f"The materials share only {pooled.n_vars} genes; read them with the same gene "

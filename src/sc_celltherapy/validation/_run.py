@@ -31,6 +31,7 @@ from .._utils import plain
 from .._version import __version__
 from ..release import assess, spec_digest
 from . import _parameters as par
+from ._base_batches import batch_mixtures, batches, between_batches
 from ._materials import MATERIAL_KEY, match_depth, pool, read_material, take
 from ._plan import ValidationPlan, impurity_key, load_plan
 from ._robustness import robustness_runs
@@ -42,13 +43,16 @@ SEED_OFFSETS = (0, 1)  # intermediate precision: the plan's seed and one more
 class ValidationResult:
     """Outcome of :func:`run`: ``parameters`` (one row per parameter and impurity, with its
     value, criterion and verdict), ``levels`` (per impurity and level: recovery, precision,
-    detection), ``mixtures`` (every mixture's estimate per seed), ``specificity``,
+    detection), ``mixtures`` (every mixture's estimate per seed), ``base_batches`` (one
+    mixture per impurity, level and base batch, when the base names its batches),
+    ``specificity``,
     ``chain_check``, ``robustness`` and ``provenance``."""
 
     plan: ValidationPlan = field(repr=False)
     parameters: pd.DataFrame = field(repr=False)
     levels: pd.DataFrame = field(repr=False)
     mixtures: pd.DataFrame = field(repr=False)
+    base_batches: pd.DataFrame = field(repr=False)
     specificity: pd.DataFrame = field(repr=False)
     chain_check: pd.DataFrame = field(repr=False)
     robustness: pd.DataFrame = field(repr=False)
@@ -89,6 +93,7 @@ class ValidationResult:
                 "chain_check": records(self.chain_check),
                 "robustness": records(self.robustness),
                 "mixtures": records(self.mixtures),
+                "base_batches": records(self.base_batches),
                 "provenance": self.provenance,
             }
         )
@@ -139,10 +144,20 @@ def run(
     say("mixtures drawn from the pooled calls")
     mixtures = _mixtures(cells, calls, plan)
     impurities = {impurity_key(imp): imp for imp in c["impurities"]}
+    used, left_out = batches(cells)
+    rng_batches = np.random.default_rng(c["seed"] + 3000)
+    per_batch = batch_mixtures(cells, calls[seeds[0]], plan, rng_batches)
+    cv_batches = between_batches(per_batch)
     levels, parameters = [], []
     for key in impurities:
         mine = mixtures[mixtures["impurity"] == key]
         table, rows = _judge(mine, plan, key)
+        if used:
+            cv = cv_batches[cv_batches["impurity"] == key].set_index("true_fraction")
+            table = table.join(cv["cv_between_base_batches"])
+            at = par.nearest_level(table.index, plan.limits[key])
+            value = table.loc[at, "cv_between_base_batches"]
+            rows.append(_parameter("between_batch_cv", key, value, c["acceptance"], at=at))
         levels.append(table.assign(impurity=key).reset_index())
         parameters += rows
     specificity = _specificity(cells, calls[seeds[0]], impurities)
@@ -163,6 +178,7 @@ def run(
         parameters=pd.DataFrame(parameters),
         levels=pd.concat(levels, ignore_index=True),
         mixtures=mixtures,
+        base_batches=per_batch,
         specificity=specificity,
         chain_check=chain_check,
         robustness=robustness,
@@ -177,6 +193,7 @@ def run(
             "spec_sha256": spec_digest(plan.spec),
             "validated_range": _validated_range(cells, calls[seeds[0]], plan, bundle),
             "n_pooled_cells": int(cells.n_obs),
+            "base_batches": {"used": used, "left_out_too_small": left_out},
             "hardware": hardware(),
             "seconds": round(time.perf_counter() - started, 1),
         },
