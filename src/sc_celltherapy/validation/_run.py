@@ -411,6 +411,26 @@ def _specificity(cells, calls: pd.DataFrame, impurities: dict) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def chain_versus_pooled(cells, calls, idx, imp, plan, bundle, profile) -> dict:
+    """One mixture (the pooled cells at ``idx``) through the whole chain on its own, beside
+    the estimate its cells' pooled calls give: the check of the pooled shortcut."""
+    key = impurity_key(imp)
+    assessed = calls["assessed"].to_numpy()[idx]
+    pooled = float((calls[key].to_numpy()[idx] & assessed).sum() / max(assessed.sum(), 1))
+    lot = take(cells, idx)
+    assess(lot, spec=plan.spec, profile=profile, bundle=bundle, seed=plan.content["seed"])
+    k, n = int(called(lot, imp).sum()), lot.n_obs
+    lo, hi = _stats.fraction_interval(k, n)
+    return {
+        "impurity": key,
+        "chain_estimate": k / n,
+        "ci_low": lo,
+        "ci_high": hi,
+        "pooled_estimate": pooled,
+        "pooled_inside": bool(lo <= pooled <= hi),
+    }
+
+
 def _chain_check(cells, calls, plan, bundle, profile) -> pd.DataFrame:
     c = plan.content
     material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
@@ -421,21 +441,6 @@ def _chain_check(cells, calls, plan, bundle, profile) -> pd.DataFrame:
         key = impurity_key(imp)
         f = par.nearest_level(c["levels"], plan.limits[key])
         idx, _ = _draw(rng, base, np.flatnonzero(material == key), f, c["n_cells"])
-        assessed = calls["assessed"].to_numpy()[idx]
-        pooled = float((calls[key].to_numpy()[idx] & assessed).sum() / max(assessed.sum(), 1))
-        lot = take(cells, idx)
-        assess(lot, spec=plan.spec, profile=profile, bundle=bundle, seed=c["seed"])
-        k, n = int(called(lot, imp).sum()), lot.n_obs
-        lo, hi = _stats.fraction_interval(k, n)
-        rows.append(
-            {
-                "impurity": key,
-                "true_fraction": f,
-                "chain_estimate": k / n,
-                "ci_low": lo,
-                "ci_high": hi,
-                "pooled_estimate": pooled,
-                "pooled_inside": lo <= pooled <= hi,
-            }
-        )
+        check = chain_versus_pooled(cells, calls, idx, imp, plan, bundle, profile)
+        rows.append({"impurity": key, "true_fraction": f, **check})
     return pd.DataFrame(rows)
