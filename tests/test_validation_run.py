@@ -140,6 +140,10 @@ def test_dossier_files_schema_and_audit(toy_result, tmp_path):
     assert summary.n_records == 3 and len(summary.runs) == 1
     with pytest.raises(FileExistsError, match="never overwritten"):
         sct.validation.write_dossier(toy_result, out)
+    # signed with the lab's key, as a release's records
+    key, pub = sct.release.generate_key(tmp_path / "lab.key")
+    signed = sct.validation.write_dossier(toy_result, tmp_path / "signed", sign_key=key)
+    assert sct.release.verify_audit(signed / "audit.jsonl", public_key=pub).n_signed == 3
     # a dossier whose JSON would break its schema is refused before anything is written
     broken = toy_result.parameters.copy()
     broken.loc[0, "verdict"] = "MAYBE"
@@ -159,6 +163,10 @@ def test_command_line_refuses_before_work_and_writes_the_dossier(toy_plan, tmp_p
     broken.write_text(yaml.safe_dump({**toy_plan, "levels": [0.05, 0.01, 0.1]}))
     assert main(["validate", str(broken), "--out", str(tmp_path / "d0")]) == 2
     assert "field levels" in capsys.readouterr().err
+    (tmp_path / "not_a_key").write_text("hello")
+    args = ["validate", str(plan_file), "--out", str(tmp_path / "d2")]
+    assert main([*args, "--sign-key", str(tmp_path / "not_a_key")]) == 2
+    assert not (tmp_path / "d2").exists()
     assert main(["validate", str(plan_file), "--out", str(tmp_path / "d1")]) == 0
     out = capsys.readouterr().out
     assert "PASS  off_target: monocytes: slope = 1.002" in out

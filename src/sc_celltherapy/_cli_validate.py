@@ -27,10 +27,13 @@ def add_validate_command(sub) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
+    from ._signing import load_private_key
     from .validation import check_dossier_dir, load_plan, run, write_dossier
 
     plan = load_plan(args.plan)  # a plan that cannot run is refused before any cell is read
     check_dossier_dir(args.out)
+    if args.sign_key is not None:
+        load_private_key(args.sign_key)  # a wrong key is refused now, not after the run
     for note in plan.warnings:
         print(f"warning: {note}", file=sys.stderr)
     print(repr(plan))
