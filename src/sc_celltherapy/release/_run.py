@@ -236,7 +236,6 @@ def run(
         results, adata, figures, timings = _chain(
             inputs, lot_id, batch_key, seed, min_gene_overlap, say, audit
         )
-        cite_validation(results, dossier, adata, say)
         rerun = None
         if verify_rerun:
             say("verify-rerun: running the whole chain a second time")
@@ -245,6 +244,7 @@ def run(
             second, *_ = _chain(again, lot_id, batch_key, seed, min_gene_overlap, say, audit)
             rerun = compare_results(results, second)
             audit("rerun compared", agrees=rerun["agrees"], differences=rerun["differences"])
+        cite_validation(results, dossier, adata, say)  # after the rerun's comparison
         results[PER_RUN_KEY] = _run_record(run_id, operator, started, inputs, timings, rerun)
         say(f"[{len(STEPS)}/{len(STEPS)}] write results.json, lot.h5ad, report.html")
         interrupt.check()
