@@ -66,7 +66,9 @@ def whole_chain_mixtures(plan_dict: dict) -> tuple[list[dict], float]:
     rows, seconds = [], 0.0
     for imp, f in draws:
         key = _run.impurity_key(imp)
-        idx, _ = _run._draw(draw_rng, base_idx, np.flatnonzero(material == key), f, c["n_cells"])
+        idx, _ = _materials.draw_mixture(
+            draw_rng, base_idx, np.flatnonzero(material == key), f, c["n_cells"]
+        )
         start = time.perf_counter()
         check = _run.chain_versus_pooled(pooled, calls, idx, imp, plan, bundle, profile)
         seconds += time.perf_counter() - start

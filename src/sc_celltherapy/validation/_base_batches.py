@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._materials import BATCH_KEY, MATERIAL_KEY
+from ._materials import BATCH_KEY, MATERIAL_KEY, draw_mixture
 from ._plan import ValidationPlan, impurity_key
 
 MIN_BATCH_CELLS = 50  # smaller batches are left out (recorded): a few cells are not a base
@@ -39,16 +39,9 @@ def batch_mixtures(cells, calls: pd.DataFrame, plan: ValidationPlan, rng) -> pd.
         spike = np.flatnonzero(material == key)
         hit = calls[key].to_numpy()
         for f in c["levels"]:
-            n_spike = int(round(f * c["n_cells"]))
             for b in used:
                 base = np.flatnonzero((material == "base") & (batch == b))
-                n_base = c["n_cells"] - n_spike
-                idx = np.concatenate(
-                    [
-                        rng.choice(base, n_base, replace=n_base > base.size),
-                        rng.choice(spike, n_spike, replace=n_spike > spike.size),
-                    ]
-                )
+                idx, _ = draw_mixture(rng, base, spike, f, c["n_cells"])
                 a = assessed[idx]
                 rows.append(
                     {

@@ -19,7 +19,7 @@ from .._checks import InputError, check_json_schema
 from .._display import REPORT_CSS, img_tag, pct
 from .._signing import load_private_key
 from ..io import file_sha256
-from ..release import AuditLog
+from ..release import AuditLog, check_out_dir
 
 RESULT_SCHEMA_FILE = Path(__file__).with_name("validation.schema.json")
 JSON_FILE, HTML_FILE, AUDIT_FILE = "validation.json", "validation.html", "audit.jsonl"
@@ -33,7 +33,8 @@ def result_schema() -> dict:
 
 
 def check_dossier_dir(out_dir: str | os.PathLike) -> Path:
-    """Refuse an existing dossier directory or a missing parent, before any work.
+    """Refuse an existing dossier directory (a dangling link included) or a location that
+    cannot be written, before any work: the release's own check of its output directory.
 
     Parameters
     ----------
@@ -45,12 +46,7 @@ def check_dossier_dir(out_dir: str | os.PathLike) -> Path:
     Its absolute path.
     """
     out = Path(out_dir).absolute()
-    if out.exists():
-        msg = f"{out} exists; a dossier is never overwritten. Choose a new directory."
-        raise FileExistsError(msg)
-    if not out.parent.is_dir():
-        msg = f"The parent folder {out.parent} does not exist; create it first."
-        raise InputError(msg)
+    check_out_dir(out)
     return out
 
 

@@ -62,6 +62,18 @@ def read_material(material: Mapping, *, where: str) -> AnnData:
     return cells
 
 
+def draw_mixture(rng, base: np.ndarray, spike: np.ndarray, fraction: float, n_cells: int):
+    """Indices of a mixture: ``round(fraction * n_cells)`` spike cells, the rest base cells,
+    each drawn without replacement unless its material has too few cells (then with)."""
+    n_spike = int(round(fraction * n_cells))
+    n_base = n_cells - n_spike
+    parts = [
+        rng.choice(cells, n, replace=n > cells.size)
+        for cells, n in ((base, n_base), (spike, n_spike))
+    ]
+    return np.concatenate(parts), n_spike > spike.size or n_base > base.size
+
+
 def take(cells: AnnData, idx: np.ndarray) -> AnnData:
     """The cells at ``idx`` (a cell drawn twice appears twice) as a new lot, renamed
     ``cell-0``, ``cell-1``, ... so that every barcode is unique."""

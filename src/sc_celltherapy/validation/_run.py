@@ -32,7 +32,7 @@ from .._version import __version__
 from ..release import assess, spec_digest
 from . import _parameters as par
 from ._base_batches import batch_mixtures, batches, between_batches
-from ._materials import MATERIAL_KEY, match_depth, pool, read_material, take
+from ._materials import MATERIAL_KEY, draw_mixture, match_depth, pool, read_material, take
 from ._plan import ValidationPlan, impurity_key, load_plan
 from ._robustness import robustness_runs
 
@@ -281,18 +281,6 @@ def _pooled_calls(cells, plan, bundle, profile, seed) -> pd.DataFrame:
     return out
 
 
-def _draw(rng, base: np.ndarray, spike: np.ndarray, fraction: float, n_cells: int):
-    """Indices of a mixture: ``round(fraction * n_cells)`` spike cells, the rest base cells,
-    each drawn without replacement unless its material has too few cells (then with)."""
-    n_spike = int(round(fraction * n_cells))
-    n_base = n_cells - n_spike
-    parts = [
-        rng.choice(pool_, n, replace=n > pool_.size)
-        for pool_, n in ((base, n_base), (spike, n_spike))
-    ]
-    return np.concatenate(parts), n_spike > spike.size or n_base > base.size
-
-
 def _mixtures(cells, calls: dict, plan: ValidationPlan) -> pd.DataFrame:
     c = plan.content
     material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
@@ -308,7 +296,7 @@ def _mixtures(cells, calls: dict, plan: ValidationPlan) -> pd.DataFrame:
     ]
     for spiked, fraction, replicate in draws:
         spike = np.flatnonzero(material == spiked) if spiked else base[:0]
-        idx, replaced = _draw(rng, base, spike, fraction, c["n_cells"])
+        idx, replaced = draw_mixture(rng, base, spike, fraction, c["n_cells"])
         for key in [spiked] if spiked else [impurity_key(imp) for imp in c["impurities"]]:
             for seed, table in calls.items():
                 assessed = table["assessed"].to_numpy()[idx]
@@ -440,7 +428,7 @@ def _chain_check(cells, calls, plan, bundle, profile) -> pd.DataFrame:
     for imp in c["impurities"]:
         key = impurity_key(imp)
         f = par.nearest_level(c["levels"], plan.limits[key])
-        idx, _ = _draw(rng, base, np.flatnonzero(material == key), f, c["n_cells"])
+        idx, _ = draw_mixture(rng, base, np.flatnonzero(material == key), f, c["n_cells"])
         check = chain_versus_pooled(cells, calls, idx, imp, plan, bundle, profile)
         rows.append({"impurity": key, "true_fraction": f, **check})
     return pd.DataFrame(rows)
