@@ -142,3 +142,21 @@ def test_workflow_tutorial_releases_every_lot_but_the_broken_one(built_site):
         ("BROKEN", "failed", "NaN"),
     ]
     assert "could not be" in out
+
+
+def test_validation_tutorial_runs_a_plan_and_a_release_cites_its_dossier(built_site):
+    """Generated monocytes in generated T cells: every criterion passes (recovery 1.003, LOD
+    0.5% = a quarter of the 2% limit); the 1,000-barcode lot is covered, the 1,500-barcode one
+    is outside the validated range, a changed dossier is refused before anything is written."""
+    out = _outputs(_page(built_site, "validate_the_assay"))
+    assert "'maxi' was unexpected" in out
+    assert "ValidationResult 'tutorial_car_t': PASS ({'PASS': 7})" in out
+    assert re.search(r"recovery\s+1\.0026\d*\s", out)
+    assert re.search(r"lod_vs_limit\s+0\.25\s", out)
+    assert "'note': 'marker panels: no model runs'" in out
+    assert "['audit.jsonl', 'validation.html', 'validation.json']" in out
+    assert "1000 barcodes: covered True, outside: []" in out
+    assert "1500 barcodes: covered False" in out
+    assert "changed after the validation" in out
+    assert "release directory written: False" in out
+    assert "Traceback" not in out and "it/s" not in out

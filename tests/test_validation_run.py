@@ -133,8 +133,17 @@ def test_dossier_files_schema_and_audit(toy_result, tmp_path):
     jsonschema.validate(data, sct.validation.result_schema())
     assert data["verdict"] == "PASS" and data["plan"]["example"] is True
     assert data["provenance"]["seeds"] == [0, 1] and data["provenance"]["reference"] is None
+    devices = data["provenance"]["precision_factors"]["devices"]
+    assert devices == {
+        "main_run": None,
+        "ensemble_members": None,
+        "compared": None,
+        "note": "marker panels: no model runs",
+    }
+    assert data["devices"] == []
     html = (out / "validation.html").read_text()
     assert html.count("<img") == 5  # recovery, linearity, precision, detection, robustness
+    assert "CPU against GPU: marker panels: no model runs" in html
     assert "Example plan" in html and "class='verdict PASS'" in html
     summary = sct.release.verify_audit(out / "audit.jsonl")
     assert summary.n_records == 3 and len(summary.runs) == 1
@@ -281,6 +290,16 @@ def test_car_t_plan_on_the_real_cells(shared_data, demo_bundle, tmp_path, monkey
     cv = _value(result, "between_batch_cv", "off_target")
     assert cv["value"] == pytest.approx(0.095, abs=0.02) and cv["at_level"] == 0.02
     assert result.verdict == "FAIL"
+    # CI has no GPU: CPU against GPU is said to be untested; pbmc_demo has one member
+    devices = result.provenance["precision_factors"]["devices"]
+    if devices["main_run"] == "cpu":
+        assert devices["compared"] is None and "not tested" in devices["note"]
+        assert result.devices.empty
+    else:
+        assert result.devices["max_difference_vs_limit"].notna().all()
+    assert devices["ensemble_members"].startswith(
+        "not a separate factor: every call averages all 1"
+    )
     out = sct.validation.write_dossier(result, tmp_path / "dossier")
     assert (
         json.loads((out / "validation.json").read_text())["provenance"]["reference"]["name"]
@@ -394,3 +413,42 @@ def test_precision_across_base_batches_sees_a_donor_that_differs(toy_plan, tmp_p
     cv = _value(result, "between_batch_cv")
     assert cv["value"] == pytest.approx(0.78, abs=0.05) and cv["at_level"] == 0.02
     assert _value(result, "repeatability_cv")["value"] == pytest.approx(0.21, abs=0.02)
+
+
+def test_device_comparison_measures_the_difference_between_two_runs_calls(toy_plan):
+    """The CPU-against-GPU table on calls with a known difference: 2,000 base and 200
+    monocyte cells; the second run misses every 4th monocyte and moves 10 base cells to
+    'unassigned'. At the 2% limit a 500-cell mixture holds 10 monocytes: the second run finds
+    a quarter fewer on average (over the test's three draws: 4 of 30 missed) and the largest
+    difference is 3 cells (0.6%, 0.3 of the limit); 60 of 2,200 cells change fate."""
+    from sc_celltherapy.validation._devices import compare_calls
+    from sc_celltherapy.validation._materials import MATERIAL_KEY
+
+    plan = sct.validation.load_plan(toy_plan)
+    key = "off_target: monocytes"
+    material = np.array(["base"] * 2000 + [key] * 200)
+    cells = ad.AnnData(
+        np.zeros((2200, 1), dtype=np.float32),
+        obs=pd.DataFrame({MATERIAL_KEY: material}, index=[f"c{i}" for i in range(2200)]),
+    )
+    first = pd.DataFrame(
+        {
+            "assessed": True,
+            key: material == key,
+            "identity": np.where(material == key, "monocytes", "target"),
+        },
+        index=cells.obs_names,
+    )
+    second = first.copy()
+    missed = np.flatnonzero(material == key)[::4]
+    second.iloc[missed, second.columns.get_loc(key)] = False
+    second.iloc[missed, second.columns.get_loc("identity")] = "target"
+    second.iloc[:10, second.columns.get_loc("identity")] = "unassigned"
+    table = compare_calls(cells, {"gpu": first, "cpu": second}, plan, seed=0).iloc[0]
+    assert table["true_fraction"] == 0.02
+    assert table["mean_estimate_gpu"] == pytest.approx(0.02)
+    # the three draws hold 10 monocytes each; the second run misses 4 of the 30, 3 in one draw
+    assert table["mean_estimate_cpu"] == pytest.approx(0.02 - 4 / 1500)
+    assert table["max_difference"] == pytest.approx(0.006)
+    assert table["max_difference_vs_limit"] == pytest.approx(0.3)
+    assert table["cells_with_other_fate"] == pytest.approx(60 / 2200)

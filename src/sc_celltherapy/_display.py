@@ -35,6 +35,7 @@ th { background: #f3f3f3; } td.name, th.name { text-align: left; }
 .verdict { font-size: 1.3em; padding: 0.3em 0.8em; display: inline-block; border-radius: 4px; }
 .example { background: #fff3e0; border: 1px solid #ffb74d; padding: 0.5em 0.8em; }
 img { max-width: 100%; border: 1px solid #eee; }
+.wide { overflow-x: auto; max-width: 100%; } pre { overflow-x: auto; }
 code, .mono { font-family: ui-monospace, monospace; font-size: 0.88em; word-break: break-all; }
 """
 

@@ -164,7 +164,7 @@ def _parameter_table(result) -> str:
             f"<tr><td class='name'>{escape(name)}{at}</td>"
             f"<td>{_criterion(first.get('criterion'))}</td>{''.join(cells)}</tr>"
         )
-    return f"<table>{head}</tr>{''.join(rows)}</table>"
+    return f"<div class='wide'><table>{head}</tr>{''.join(rows)}</table></div>"
 
 
 def _notes(result) -> str:
@@ -177,12 +177,36 @@ def _notes(result) -> str:
     return f"<ul>{items}</ul>" if items else ""
 
 
-def _frame(df: pd.DataFrame, pct_columns=()) -> str:
+def _frame(df: pd.DataFrame, pct_columns=(), *, index=False) -> str:
     df = df.copy()
     for col in df.columns:
         if col in pct_columns:
             df[col] = df[col].map(pct)
-    return df.to_html(index=False, float_format=lambda v: f"{v:.3g}", na_rep="–", border=0)
+    html = df.to_html(index=index, float_format=lambda v: f"{v:.3g}", na_rep="–", border=0)
+    return f"<div class='wide'>{html}</div>"  # wide tables scroll instead of overflowing
+
+
+def _precision_factors(result) -> str:
+    """What varied between the estimates: seeds, base batches, devices, and why ensemble
+    members are not a factor of their own."""
+    f = result.provenance["precision_factors"]
+    dev = f["devices"]
+    items = [
+        f"seeds: {', '.join(map(str, f['seeds']))} (mapping training, doublet simulation)",
+        "base batches: " + (", ".join(map(str, f["base_batches"])) or "none named by the plan"),
+        "CPU against GPU: "
+        + (
+            "compared, see the table below"
+            if dev["compared"]
+            else escape(dev["note"] or "not compared")
+        ),
+    ]
+    if dev["ensemble_members"]:
+        items.append(f"ensemble members: {escape(dev['ensemble_members'])}")
+    text = "<p>Factors varied:</p><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+    if len(result.devices):
+        text += _frame(result.devices, pct_columns=("true_fraction", "max_difference"))
+    return text
 
 
 def render(result, figs: dict[str, bytes]) -> str:
@@ -220,6 +244,7 @@ def render(result, figs: dict[str, bytes]) -> str:
         img_tag(figs["linearity"], "estimate against truth with the fit, and residuals"),
         "<h2>Precision</h2>",
         img_tag(figs["precision"], "CV by level"),
+        _precision_factors(result),
         _frame(
             result.levels[["impurity", *result.levels.columns.drop("impurity")]],
             pct_columns=("true_fraction", "mean_estimate"),
@@ -230,7 +255,7 @@ def render(result, figs: dict[str, bytes]) -> str:
         "<h2>Specificity</h2>",
         "<p>Each material's assessed cells in the pooled run: the share called as each "
         "impurity of the plan and as the target (the base row is the blank).</p>",
-        result.specificity.to_html(float_format=lambda v: f"{v:.3f}", na_rep="–", border=0),
+        _frame(result.specificity, index=True),
         "<h2>Pooled calls against the whole chain</h2>",
         "<p>Mixtures reuse each cell's call from the pooled run. One mixture per impurity was "
         "also run through the whole chain on its own; the pooled estimate should lie inside "

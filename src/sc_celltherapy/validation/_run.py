@@ -32,6 +32,7 @@ from .._version import __version__
 from ..release import assess, spec_digest
 from . import _parameters as par
 from ._base_batches import batch_mixtures, batches, between_batches
+from ._devices import device_factor
 from ._materials import MATERIAL_KEY, draw_mixture, match_depth, pool, read_material, take
 from ._plan import ValidationPlan, impurity_key, load_plan
 from ._robustness import robustness_runs
@@ -45,8 +46,8 @@ class ValidationResult:
     value, criterion and verdict), ``levels`` (per impurity and level: recovery, precision,
     detection), ``mixtures`` (every mixture's estimate per seed), ``base_batches`` (one
     mixture per impurity, level and base batch, when the base names its batches),
-    ``specificity``,
-    ``chain_check``, ``robustness`` and ``provenance``."""
+    ``specificity``, ``chain_check``, ``robustness``, ``provenance`` and ``devices`` (CPU
+    against GPU per impurity, when a device was used)."""
 
     plan: ValidationPlan = field(repr=False)
     parameters: pd.DataFrame = field(repr=False)
@@ -57,6 +58,7 @@ class ValidationResult:
     chain_check: pd.DataFrame = field(repr=False)
     robustness: pd.DataFrame = field(repr=False)
     provenance: dict = field(repr=False)
+    devices: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
     def verdict(self) -> str:
@@ -94,6 +96,7 @@ class ValidationResult:
                 "robustness": records(self.robustness),
                 "mixtures": records(self.mixtures),
                 "base_batches": records(self.base_batches),
+                "devices": records(self.devices) if len(self.devices) else [],
                 "provenance": self.provenance,
             }
         )
@@ -167,6 +170,20 @@ def run(
                 "specificity_cross_call", key, row["called_as_other_impurity"], c["acceptance"]
             )
         )
+    devices, device_info = device_factor(
+        cells,
+        calls[seeds[0]],
+        plan,
+        bundle,
+        lambda: _pooled_calls(cells, plan, bundle, profile, seeds[0]),
+        say,
+    )
+    for row in devices.to_dict(orient="records"):
+        value = row["max_difference_vs_limit"]
+        at = row["true_fraction"]
+        parameters.append(
+            _parameter("device_difference_vs_limit", row["impurity"], value, c["acceptance"], at=at)
+        )
     say("the whole chain on one mixture per impurity (check of the pooled calls)")
     chain_check = _chain_check(cells, calls[seeds[0]], plan, bundle, profile)
     say("robustness: one chain run per factor level")
@@ -182,6 +199,7 @@ def run(
         specificity=specificity,
         chain_check=chain_check,
         robustness=robustness,
+        devices=devices,
         provenance={
             "sc_celltherapy": __version__,
             "versions": versions(),
@@ -194,6 +212,11 @@ def run(
             "validated_range": _validated_range(cells, calls[seeds[0]], plan, bundle),
             "n_pooled_cells": int(cells.n_obs),
             "base_batches": {"used": used, "left_out_too_small": left_out},
+            "precision_factors": {
+                "seeds": seeds,
+                "base_batches": used,
+                "devices": device_info,
+            },
             "hardware": hardware(),
             "seconds": round(time.perf_counter() - started, 1),
         },
