@@ -180,7 +180,7 @@ def build(
         models = [_model.train_scanvi(ref, **train_kwargs, seed=s) for s in seeds]
         labels = _model_labels(models[0])
         keep = _subsample(ref.n_obs, MAX_LATENT_CELLS, seed)
-        ref_latent = np.stack([m.get_latent_representation()[keep] for m in models])
+        ref_latent = np.stack([_model.latent_of(m)[keep] for m in models])
         ref_labels = truth[keep]
         spacing = np.stack([reference_spacing(lat, k=OOR_K) for lat in ref_latent])
         markers = _label_markers(ref, labels_key)
@@ -362,10 +362,10 @@ def _held_out_member(fit: AnnData, held: AnnData, train_kwargs: dict, seed: int,
             seed=seed,
         )
     labels = _model_labels(model)
-    fit_latent = model.get_latent_representation()
+    fit_latent = _model.latent_of(model)
     ratio = local_outlier_ratio(
         fit_latent,
-        held_model.get_latent_representation(query),
+        _model.latent_of(held_model, query),
         reference_spacing(fit_latent, k=OOR_K),
         k=OOR_K,
     )

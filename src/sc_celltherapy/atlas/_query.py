@@ -10,7 +10,14 @@ import numpy as np
 from anndata import AnnData
 
 from .._logging import timed
-from ._model import accelerator, map_query, predict_probs, surgery_batch_size, surgery_epochs
+from ._model import (
+    accelerator,
+    latent_of,
+    map_query,
+    predict_probs,
+    surgery_batch_size,
+    surgery_epochs,
+)
 from ._novelty import local_outlier_ratio
 from ._store import ReferenceBundle
 
@@ -70,7 +77,7 @@ def query_bundle(
                 batch_size=batch_size,
                 seed=seed + i,
             )
-            member_latent = model.get_latent_representation(member_query)
+            member_latent = latent_of(model, member_query)
             latent = member_latent if latent is None else latent
             probs.append(predict_probs(model, member_query, labels))
             ratios.append(local_outlier_ratio(ref_latent[i], member_latent, spacing[i], k=k))
