@@ -37,7 +37,9 @@ def history_of(lot):
 
 
 def new_lots():
-    return [x for x in SAMPLES["lot"] if SAMPLES.loc[x, "role"] == "new" and history_of(x)]
+    return [
+        x for x in SAMPLES["lot"] if SAMPLES.loc[x, "role"] == "new" and history_of(x)
+    ]
 
 
 def stepwise_lots():
@@ -71,7 +73,9 @@ def all_targets():
 
 def summary_command():
     lots = " ".join(SAMPLES["lot"])
-    return f"sc-celltherapy summary --outdir {OUT} --lots {lots} --out {OUT}/summary.tsv"
+    return (
+        f"sc-celltherapy summary --outdir {OUT} --lots {lots} --out {OUT}/summary.tsv"
+    )
 
 
 def check_profile_file(path):
@@ -86,7 +90,9 @@ def check_profile_file(path):
     try:
         load_profile(path)
     except InputError as err:
-        raise ValueError(f"config product {path!r} is not a valid profile: {err}") from None
+        raise ValueError(
+            f"config product {path!r} is not a valid profile: {err}"
+        ) from None
 
 
 def check_product_and_spec():

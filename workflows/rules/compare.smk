@@ -9,16 +9,16 @@ rule compare:
         plot=f"{OUT}/{{lot}}/compare.png",
     log:
         f"{OUT}/{{lot}}/logs/compare.log",
-    params:
-        spec=spec_args(),
-        history=lambda w, input: " ".join(f"{d}/lot.h5ad" for d in input.history),
-        seed=config["seed"],
     conda:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=20,
+    params:
+        spec=spec_args(),
+        history=lambda w, input: " ".join(f"{d}/lot.h5ad" for d in input.history),
+        seed=config["seed"],
     shell:
         "sc-celltherapy compare {input.new}/lot.h5ad --history {params.history} {params.spec}"
         " --seed {params.seed} --out {output.json} --plot {output.plot} > {log} 2>&1"

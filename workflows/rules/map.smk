@@ -7,9 +7,6 @@ rule map:
         f"{OUT}/{{lot}}/steps/mapped.h5ad",
     log:
         f"{OUT}/{{lot}}/logs/map.log",
-    params:
-        reference=config["reference"],
-        seed=config["seed"],
     conda:
         "../envs/sc_celltherapy.yaml"
     threads: 2
@@ -17,6 +14,9 @@ rule map:
         mem_mb=16000,
         runtime=60,
         gpu=config["gpus_per_mapping"],
+    params:
+        reference=config["reference"],
+        seed=config["seed"],
     shell:
         "sc-celltherapy map {input} --reference {params.reference} --seed {params.seed}"
         " --out {output} > {log} 2>&1"

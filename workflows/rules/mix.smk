@@ -5,13 +5,13 @@ rule mix:
         f"{OUT}/{{lot}}/input.h5ad",
     log:
         f"{OUT}/{{lot}}/logs/mix.log",
-    params:
-        args=lambda w: mix_args(w.lot),
     conda:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        args=lambda w: mix_args(w.lot),
     shell:
         "sc-celltherapy mix {params.args} --out {output} > {log} 2>&1"

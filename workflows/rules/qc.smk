@@ -6,13 +6,13 @@ rule qc:
         f"{OUT}/{{lot}}/steps/qc.h5ad",
     log:
         f"{OUT}/{{lot}}/logs/qc.log",
-    params:
-        input=lot_path,
     conda:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=30,
+    params:
+        input=lot_path,
     shell:
         "sc-celltherapy qc {params.input} --out {output} > {log} 2>&1"

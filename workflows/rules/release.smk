@@ -7,12 +7,6 @@ rule release:
         directory(f"{OUT}/{{lot}}/release"),
     log:
         f"{OUT}/{{lot}}/logs/release.log",
-    params:
-        input=lot_path,
-        spec=spec_args(),
-        reference=config["reference"],
-        operator=shlex.quote(config["operator"]),
-        seed=config["seed"],
     conda:
         "../envs/sc_celltherapy.yaml"
     threads: 2
@@ -20,6 +14,12 @@ rule release:
         mem_mb=16000,
         runtime=60,
         gpu=config["gpus_per_mapping"],
+    params:
+        input=lot_path,
+        spec=spec_args(),
+        reference=config["reference"],
+        operator=shlex.quote(config["operator"]),
+        seed=config["seed"],
     shell:
         "sc-celltherapy release {params.input} {params.spec} --reference {params.reference}"
         " --lot-id {wildcards.lot} --operator {params.operator} --seed {params.seed}"

@@ -8,14 +8,14 @@ rule score:
         report=f"{OUT}/{{lot}}/steps/purity.json",
     log:
         f"{OUT}/{{lot}}/logs/score.log",
-    params:
-        spec=spec_args(),
     conda:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=30,
+    params:
+        spec=spec_args(),
     shell:
         "sc-celltherapy score {input} {params.spec} --out {output.h5ad}"
         " --report-json {output.report} > {log} 2>&1"

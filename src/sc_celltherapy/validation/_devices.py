@@ -59,8 +59,8 @@ def compare_calls(
         key = impurity_key(imp)
         level = par.nearest_level(c["levels"], plan.limits[key])
         diffs, est = [], {a: [], b: []}
+        spike = np.flatnonzero(material == key)
         for _ in range(c["replicates"]):
-            spike = np.flatnonzero(material == key)
             idx, _replaced = draw_mixture(rng, base, spike, level, c["n_cells"])
             for dev, table in calls.items():
                 assessed = table["assessed"].to_numpy()[idx]

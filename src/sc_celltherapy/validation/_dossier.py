@@ -205,7 +205,9 @@ def _precision_factors(result) -> str:
         items.append(f"ensemble members: {escape(dev['ensemble_members'])}")
     text = "<p>Factors varied:</p><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
     if len(result.devices):
-        text += _frame(result.devices, pct_columns=("true_fraction", "max_difference"))
+        pcts = [c for c in result.devices.columns if c.startswith("mean_estimate")]
+        pcts += ["true_fraction", "max_difference"]
+        text += _frame(result.devices, pct_columns=pcts)
     return text
 
 
