@@ -185,6 +185,14 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", type=Path, default=None, help="also write the table (TSV) here")
     sm.set_defaults(func=_cmd_summary)
 
+    mq = sub.add_parser(
+        "multiqc-content",
+        help="a released lot's results.json as MultiQC custom content (one table row per lot)",
+    )
+    mq.add_argument("results", type=Path, help="the lot's results.json")
+    mq.add_argument("--out", type=Path, required=True, help="output file ending in _mqc.yaml")
+    mq.set_defaults(func=_cmd_multiqc_content)
+
     add_audit_commands(sub)
     add_atlas_commands(sub)
     add_validate_command(sub)
@@ -454,6 +462,14 @@ def _cmd_summary(args: argparse.Namespace) -> None:
     if args.out is not None:  # rewritten on every run: it describes the latest one
         table.to_csv(args.out, sep="\t", index=False)
     print(table.to_string(index=False))
+
+
+def _cmd_multiqc_content(args: argparse.Namespace) -> None:
+    from .release import write_multiqc_content
+
+    if not args.results.is_file():
+        raise InputError(f"{args.results} not found: give the lot's release/results.json.")
+    print(f"Wrote {write_multiqc_content(args.results, args.out)}")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,36 @@ def test_good_lots_are_released_and_the_broken_one_fails_alone(workflow_run):
     assert all((steps / f).stat().st_size > 0 for f in ("qc.h5ad", "mapped.h5ad", "scored.h5ad"))
 
 
+def test_multiqc_report_has_a_row_per_released_lot(workflow_run, browser):
+    """The broken lot fails the run, so the error handler builds the MultiQC report over the six
+    released lots (real MultiQC). Opened in headless Chromium, its sc_celltherapy table has one
+    row per released lot, the broken one absent; each row's numbers are its results.json's."""
+    out, _ = workflow_run
+    good = ["Q1", "Q2", "Q3", "N1-CLEAN", "N2-MONOCYTES", "PRODUCT"]
+    for lot in good:
+        row = yaml.safe_load((out / lot / "multiqc" / f"{lot}_sct_mqc.yaml").read_text())
+        row = row["data"][lot]
+        results = json.loads((out / lot / "release" / "results.json").read_text())
+        assert row["verdict"] == results["verdict"]
+        assert row["target_pct"] == round(100 * results["purity"]["target"]["fraction"], 4)
+        off = results["purity"]["impurities"]["off_target"]
+        assert row["off_target_upper_pct"] == round(100 * off["ci_high"], 4)
+    report = out / "multiqc" / "multiqc_report.html"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(report.as_uri(), wait_until="load")
+    rows = page.evaluate(
+        "Array.from(document.querySelectorAll('#sc_celltherapy_lots_table tbody tr'))"
+        ".map(r => r.innerText.trim().split(/\\s+/)[0])"
+    )
+    page.close()
+    assert sorted(rows) == sorted(good)
+    # the monocyte lot's off-target share, as its row shows it: 8.64% (66 of 764 cells)
+    mono = yaml.safe_load(
+        (out / "N2-MONOCYTES" / "multiqc" / "N2-MONOCYTES_sct_mqc.yaml").read_text()
+    )
+    assert mono["data"]["N2-MONOCYTES"]["off_target_pct"] == pytest.approx(8.64, abs=0.01)
+
+
 def test_compare_flags_the_impure_lot(workflow_run):
     out, _ = workflow_run
     clean = json.loads((out / "N1-CLEAN" / "compare.json").read_text())

@@ -68,7 +68,26 @@ def all_targets():
     targets = [f"{OUT}/{lot}/release" for lot in SAMPLES["lot"]]
     targets += [f"{OUT}/{lot}/compare.json" for lot in new_lots()]
     targets += [f"{OUT}/{lot}/steps/scored.h5ad" for lot in stepwise_lots()]
+    targets += [f"{OUT}/multiqc/multiqc_report.html"]
     return targets
+
+
+def multiqc_command(paths):
+    """MultiQC over the given content files, offline (no version check, no AI toolbox)."""
+    return (
+        f"multiqc {paths} --outdir {OUT}/multiqc --filename multiqc_report.html --force"
+        f" --no-version-check --no-ai --quiet > {OUT}/logs/multiqc.log 2>&1"
+    )
+
+
+def multiqc_after_failure():
+    """After a failed run, the MultiQC report over the lots that were released, when MultiQC is
+    installed (the core still sees every good lot)."""
+    made = f"{OUT}/*/multiqc/*_sct_mqc.yaml"
+    return (
+        f"mkdir -p {OUT}/logs; if command -v multiqc >/dev/null && ls {made} >/dev/null 2>&1;"
+        f" then {multiqc_command(made)} || true; fi"
+    )
 
 
 def summary_command():

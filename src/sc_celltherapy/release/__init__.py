@@ -7,6 +7,7 @@ from ._preflight import check_out_dir
 from ._results import spec_digest, validate_results
 from ._run import Release, ReleaseExistsError, compare_results, run
 from ._score import assess, score
+from ._multiqc import multiqc_content, write_multiqc_content
 from ._summary import summarize
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "AuditError",
     "verify_audit",
     "summarize",
+    "multiqc_content",
+    "write_multiqc_content",
     "check_out_dir",
     "validate_results",
     "spec_digest",
