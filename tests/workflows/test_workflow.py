@@ -236,8 +236,15 @@ GOOD_ROW = "L1\tlot.h5\tqualified\t\t\t\t\t\t\t\n"
         (GOOD_ROW + GOOD_ROW, "appear more than once"),
         ("L2\t\tqualified\t\t\t\t\t\t\t\n", "is not valid under any of the given schemas"),
         ("L3\t\tnew\tbase.h5ad\t100\t0\tspike.h5ad\tlots\t\t\n", "does not match"),
+        ("multiqc\tlot.h5\tqualified\t\t\t\t\t\t\t\n", "name folders the workflow itself"),
     ],
-    ids=["dot-dot-lot", "duplicate-lot", "neither-input-nor-base", "non-numeric-fraction"],
+    ids=[
+        "dot-dot-lot",
+        "duplicate-lot",
+        "neither-input-nor-base",
+        "non-numeric-fraction",
+        "reserved-lot-id",
+    ],
 )
 def test_bad_sample_sheet_is_refused_at_start_up(tmp_path, rows, fragment):
     sheet = tmp_path / "samples.tsv"
