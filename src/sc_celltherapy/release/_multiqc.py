@@ -22,7 +22,17 @@ def _pct(value) -> float | None:
 
 
 def multiqc_content(results: dict) -> dict:
-    """The MultiQC custom-content document (``plot_type: table``) of one lot's results.json."""
+    """The MultiQC custom-content document (``plot_type: table``) of one released lot.
+
+    Parameters
+    ----------
+    results
+        The lot's results.json, read (a dict).
+
+    Returns
+    -------
+    The document as a dict: section ``sc_celltherapy``, one row keyed by the lot id.
+    """
     lot = results["lot_id"]
     purity = results["purity"]
     qc = results["qc"]
@@ -100,8 +110,19 @@ def multiqc_content(results: dict) -> dict:
 
 
 def write_multiqc_content(results_json: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write ``out`` (a name ending in ``_mqc.yaml``, which MultiQC picks up) for the lot whose
-    results.json is given."""
+    """Write one released lot's MultiQC custom content.
+
+    Parameters
+    ----------
+    results_json
+        The lot's ``release/results.json``.
+    out
+        The file to write; its name must end in ``_mqc.yaml`` (what MultiQC picks up).
+
+    Returns
+    -------
+    The path written.
+    """
     out = Path(out)
     if not out.name.endswith("_mqc.yaml"):
         from .._checks import InputError
