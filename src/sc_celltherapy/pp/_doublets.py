@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import scanpy as sc
+import scipy.sparse as sp
 from anndata import AnnData
 
 from .._checks import InputError, check_lot, get_matrix
@@ -19,6 +20,8 @@ MIN_CELLS = 50
 # An automatic threshold that calls more than this multiple of the expected rate sits in the
 # bulk of a unimodal score distribution and is rejected (the usual scrublet complaint).
 MAX_CALLED_OVER_EXPECTED = 2.5
+# Scrublet's default number of principal components.
+N_PCS = 30
 
 
 def expected_multiplet_rate(n_cells: int) -> float:
@@ -152,29 +155,79 @@ def doublets(
 
 
 def _scrublet_scores(counts, rate: float, random_state: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scrublet's observed and simulated doublet scores (threshold left to us)."""
-    sub = AnnData(X=counts.copy())
+    """Scrublet's observed and simulated doublet scores (threshold left to us).
+
+    Scanpy's scrublet step for step (its preprocessing, simulated doublets, PCA and kNN score),
+    except that the z-scored counts stay sparse. Scanpy centres them densely, with the
+    simulated doublets (twice the lot), for its PCA: most of a large release's peak memory. The
+    same PCA is fitted here on the sparse, variance-scaled counts, which scikit-learn's
+    ``arpack`` solver centres implicitly, so the embedding is scanpy's up to rounding.
+    """
+    obs = AnnData(X=counts.copy())
+    sc.pp.filter_genes(obs, min_cells=3)
+    kept = sc.pp.filter_cells(obs, min_genes=3, inplace=False)[0]
+    obs = obs[kept].copy()
+    obs.layers["raw"] = obs.X.copy()
+    sc.pp.normalize_total(obs)
+    hvg = sc.pp.highly_variable_genes(AnnData(sc.pp.log1p(obs.X, copy=True)), inplace=False)
+    obs = obs[:, hvg["highly_variable"].to_numpy()].copy()
+    sim = sc.pp.scrublet_simulate_doublets(obs, layer="raw", random_seed=random_state)
+    del obs.layers["raw"]
+    for part in (obs, sim):
+        sc.pp.log1p(part)
+        sc.pp.normalize_total(part, target_sum=1e6)
+    emb_obs, emb_sim = _pca_of_zscores(obs.X, sim.X, random_state)
+    parents = sim.obsm["doublet_parents"]
+    del obs, sim
+
+    scores = np.full(counts.shape[0], np.nan)
+    sub_obs, sub_sim = _padded(emb_obs), _padded(emb_sim)
+    sub_sim.obsm["doublet_parents"] = parents
     verbosity = sc.settings.verbosity
-    # threshold=inf: scanpy skips its own automatic call, which we make ourselves. Scrublet
-    # log-transforms simulated doublets that inherit the log1p flag, so scanpy logs a spurious
-    # "already log-transformed"; and at inf the detectable fraction is 0 (a 0/0 warning).
+    # threshold=inf: scanpy skips its own automatic call, which we make ourselves (and at inf
+    # its detectable fraction is 0/0, hence the errstate).
     sc.settings.verbosity = 0
     try:
         with np.errstate(divide="ignore", invalid="ignore"):
+            # centring and scaling off: scanpy's truncated SVD of our embedding is then a
+            # rotation of it, so its kNN (and scores) are those of our PCA.
             sc.pp.scrublet(
-                sub,
+                sub_obs,
+                adata_sim=sub_sim,
                 expected_doublet_rate=rate,
                 threshold=np.inf,
-                log_transform=True,
+                mean_center=False,
+                normalize_variance=False,
+                n_prin_comps=N_PCS,
                 random_state=random_state,
                 verbose=False,
                 use_approx_neighbors=_approximate_knn(counts.shape[0]),
             )
     finally:
         sc.settings.verbosity = verbosity
-    return sub.obs["doublet_score"].to_numpy(), np.asarray(
-        sub.uns["scrublet"]["doublet_scores_sim"]
-    )
+    scores[kept] = sub_obs.obs["doublet_score"].to_numpy()
+    return scores, np.asarray(sub_obs.uns["scrublet"]["doublet_scores_sim"])
+
+
+def _pca_of_zscores(x_obs, x_sim, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scrublet's PCA of the gene z-scores (obs' means and sample deviations) of ``x_obs``,
+    fitted on the lot and applied to the simulated doublets, without densifying either."""
+    from sklearn.decomposition import PCA
+
+    n = x_obs.shape[0]
+    mean = np.asarray(x_obs.mean(axis=0)).ravel()
+    var = (np.asarray(x_obs.multiply(x_obs).mean(axis=0)).ravel() - mean**2) * n / (n - 1)
+    scale = sp.diags(1 / np.sqrt(var))
+    x_obs, x_sim = sp.csr_matrix(x_obs @ scale), sp.csr_matrix(x_sim @ scale)
+    # The centring the z-scores omit is the PCA's own: its mean is fitted on the lot and
+    # subtracted from both, as scanpy subtracts the lot's gene means from both.
+    pca = PCA(N_PCS, svd_solver="arpack", random_state=np.random.RandomState(random_state))
+    return pca.fit(x_obs).transform(x_obs), pca.transform(x_sim)
+
+
+def _padded(embedding: np.ndarray) -> AnnData:
+    """The embedding and one zero column: scanpy's SVD needs more columns than components."""
+    return AnnData(X=np.hstack([embedding, np.zeros((embedding.shape[0], 1))]))
 
 
 def _approximate_knn(n_cells: int) -> bool:
