@@ -83,7 +83,9 @@ def cell_cycle(adata: AnnData, *, layer: str | None = None) -> CellCycle | None:
     if min(n_found) < MIN_CELL_CYCLE_GENES:
         return None
     s_genes, g2m_genes = present_genes(adata, S_GENES), present_genes(adata, G2M_GENES)
-    counts = sp.csr_matrix(get_matrix(adata, layer), dtype=np.float64)
+    # one float32 copy of the lot for scanpy's scores; the mixture reads only the programme's
+    # columns and the depths (a float64 copy of the whole lot was the release's memory peak)
+    counts = sp.csr_matrix(get_matrix(adata, layer))
     tmp = AnnData(X=counts.astype(np.float32))
     # programme genes by symbol (var_names may be Ensembl ids); a repeated symbol's first
     # occurrence keeps its name, as gene_columns picks it
@@ -100,7 +102,8 @@ def cell_cycle(adata: AnnData, *, layer: str | None = None) -> CellCycle | None:
     spread = 1.4826 * np.median(np.abs(score - median))
     outliers = score > median + OUTLIER_Z * spread
     programme = counts[:, list(gene_columns(adata, s_genes + g2m_genes).values())]
-    depth = np.asarray(counts.sum(axis=1)).ravel()
+    programme = programme.astype(np.float64)
+    depth = np.asarray(counts.sum(axis=1, dtype=np.float64)).ravel()
     # A minority of cycling cells are the high outliers; where half or more of the cells cycle
     # there are none, and scanpy's rule (a score above 0) seeds the mixture instead.
     cycling, method, folds = outliers, "outliers", []
