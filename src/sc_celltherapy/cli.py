@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     rel = sub.add_parser(
         "release",
         help="the whole chain for one lot: read, QC, map, identity, purity, report, audit",
-        description="Release one lot. Writes DIR/results.json, lot.h5ad, report.html and "
+        description="Release one lot. Writes DIR/results.json, lot.h5ad, report.html, "
+        "composition.png and "
         "audit.jsonl through a temporary directory renamed into place; DIR must not exist. "
         "Exit 0 when the release completed (whatever its verdict), 2 on bad input (nothing "
         "written), 1 on an internal error (nothing written).",

@@ -50,6 +50,7 @@ def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
     out = cart_releases[0]
     assert sorted(p.name for p in out.iterdir()) == [
         "audit.jsonl",
+        "composition.png",
         "lot.h5ad",
         "report.html",
         "results.json",

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,10 @@ def workflow_run(shared_data, demo_bundle, tmp_path_factory):
     return tmp / "results", proc
 
 
+def _config_of(out: Path) -> Path:
+    return out.parent / "config.yaml"
+
+
 def test_good_lots_are_released_and_the_broken_one_fails_alone(workflow_run):
     out, proc = workflow_run
     assert proc.returncode != 0  # the broken lot fails the run, under --keep-going
@@ -112,6 +117,39 @@ def test_multiqc_report_has_a_row_per_released_lot(workflow_run, browser):
         (out / "N2-MONOCYTES" / "multiqc" / "N2-MONOCYTES_sct_mqc.yaml").read_text()
     )
     assert mono["data"]["N2-MONOCYTES"]["off_target_pct"] == pytest.approx(8.64, abs=0.01)
+
+
+def test_snakemake_report_holds_each_released_lots_items(workflow_run, demo_bundle):
+    """`snakemake --report` after the run: per released lot its report.html, composition plot
+    and results.json (and for new lots the comparison plot), each the file the release wrote;
+    the broken lot has none."""
+    import sc_celltherapy as sct
+
+    out, _ = workflow_run
+    report = out.parent / "snakemake_report.zip"
+    proc = _snakemake(
+        "--configfile",
+        str(_config_of(out)),
+        "--report",
+        str(report),
+        "released",  # the lots' outputs that exist: BROKEN failed
+        env=_env(sct.settings.cache_dir),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(report) as zf:
+        data = {name: zf.read(name) for name in zf.namelist() if "/data/raw/" in name}
+        page = zf.read(next(n for n in zf.namelist() if n.count("/") == 1)).decode()
+    good = ["Q1", "Q2", "Q3", "N1-CLEAN", "N2-MONOCYTES", "PRODUCT"]
+    for lot in good:
+        for name in ("report.html", "composition.png", "results.json"):
+            written = (out / lot / "release" / name).read_bytes()
+            assert written in data.values(), (lot, name)
+    for lot in ("N1-CLEAN", "N2-MONOCYTES"):
+        assert (out / lot / "compare.png").read_bytes() in data.values()
+    # 6 lots x 3 release items + 3 comparison plots (PRODUCT is new too; BROKEN has none)
+    assert len(data) == 6 * 3 + 3
+    assert "BROKEN" not in page and all(lot in page for lot in good)
 
 
 def test_compare_flags_the_impure_lot(workflow_run):
@@ -294,3 +332,36 @@ def test_a_missing_lot_file_fails_that_lot_not_the_sheet(tmp_path):
     assert proc.returncode == 0, out[-2000:]
     assert f"sc-celltherapy release {tmp_path / 'gone.h5'}" in out
     assert f"sc-celltherapy release {tmp_path / 'lot.h5'}" in out
+
+
+def test_jobs_ask_for_memory_that_grows_with_the_lot(tmp_path, shared_data):
+    """Each lot's jobs ask for the memory and time the scale benchmark measured at its cells
+    (with headroom): a 50,000-cell lot more than its measured release peak, a 2,000-cell lot
+    well under the 8 GB every lot used to hold; a 10x file's barcodes are read from its header."""
+    bench = json.loads((REPO / "benchmarks" / "results" / "scale.json").read_text())
+    peak = {row["n_cells"]: row["ours_peak_mb"] for row in bench["summary"]}
+    base = shared_data / "cart_labelled_dev.h5ad"
+    product = shared_data / "cart_product_P02_M0_filtered_feature_bc_matrix.h5"
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(
+        SHEET_HEADER
+        + f"BIG\t\tqualified\t{base}\t50000\t0\t\t\t\t\n"
+        + f"SMALL\t\tqualified\t{base}\t2000\t0\t\t\t\t\n"
+        + f"PRODUCT\t{product}\tqualified\t\t\t\t\t\t\t\n"
+    )
+    proc = _snakemake(
+        "--config", f"samples={sheet}", f"outdir={tmp_path / 'out'}", "-n", "--forceall"
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    asked = {}
+    for block in out.split("rule release:")[1:]:
+        lot = block.split("wildcards: lot=")[1].split()[0]
+        resources = block.split("resources: ")[1].splitlines()[0]
+        fields = dict(f.split("=") for f in resources.split(", "))
+        asked[lot] = (int(fields["mem_mb"]), int(fields["runtime"]))
+    assert asked["BIG"][0] > 1.2 * peak[50_000]  # measured 3,901 MB; asks 5,713
+    assert asked["SMALL"][0] < 2_000  # 1,444 MB
+    # the product's 1,099 barcodes from its HDF5 header: 1.5 x (844 + 59.3 x 1.099) MB
+    assert asked["PRODUCT"][0] == int(1.5 * (844 + 59.3 * 1.099))
+    assert all(minutes >= 10 for _, minutes in asked.values())

@@ -133,3 +133,80 @@ def check_product_and_spec():
             f"config spec {spec!r} not found (relative paths start at {Path.cwd()}). Fix "
             "`spec:` in the config, or set it to null for the profile's example spec."
         )
+
+
+# Memory and time of a lot's jobs grow with its cells. Measured for the whole release by
+# benchmarks/scale.py (benchmarks/results/scale.json; 2-core CPU, channels of 12,500 cells):
+# 10,000 / 50,000 / 100,000 cells peaked at 1,437 / 3,901 / 6,776 MB in 47 / 142 / 289 s. The
+# lines below pass through the 10k and 100k points (50k: 3,810 MB predicted); jobs ask for
+# 1.5 times them, and at least MIN_RUNTIME_MINUTES (a fresh process on a slower node also pays
+# imports and numba compilation). The stepwise rules (qc, map, score) each do part of a release,
+# so the release's line bounds them. Sites with other hardware re-run the benchmark and change
+# these numbers.
+MEM_MB_BASE, MEM_MB_PER_1000_CELLS = 844, 59.3
+MINUTES_BASE, MINUTES_PER_1000_CELLS = 0.33, 0.045
+RESOURCE_HEADROOM = 1.5
+MIN_RUNTIME_MINUTES = 10
+# when a lot's file cannot be read (the job will fail on it anyway): the resources of this size
+UNREADABLE_LOT_CELLS = 20_000
+
+
+def lot_cells(lot):
+    """Barcodes in a lot, from its file's header (no matrix is read): a 10x .h5, an .h5ad or a
+    10x folder; a lot drawn by the mix rule has its sheet's n_cells."""
+    row = SAMPLES.loc[lot]
+    if not row["input"]:
+        return int(row["n_cells"])
+    path = Path(row["input"])
+    try:
+        if path.is_dir():
+            import gzip
+
+            barcodes = next(path.glob("barcodes.tsv*"))
+            opener = gzip.open if barcodes.suffix == ".gz" else open
+            with opener(barcodes, "rt") as f:
+                return sum(1 for _ in f)
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if "matrix" in f:  # 10x HDF5: shape is (features, barcodes)
+                return int(f["matrix"]["shape"][1])
+            obs = f["obs"]
+            index = obs.attrs.get("_index", "_index")
+            return int(obs[index].shape[0])
+    except (OSError, KeyError, StopIteration, ValueError):
+        return UNREADABLE_LOT_CELLS
+
+
+def _mem_mb(cells):
+    return int(RESOURCE_HEADROOM * (MEM_MB_BASE + MEM_MB_PER_1000_CELLS * cells / 1000))
+
+
+def _runtime(cells):
+    minutes = RESOURCE_HEADROOM * (MINUTES_BASE + MINUTES_PER_1000_CELLS * cells / 1000)
+    return max(MIN_RUNTIME_MINUTES, int(minutes) + 1)
+
+
+def lot_mem_mb(wildcards):
+    """Memory (MB) to ask for a lot's job: the measured line at its cells, with headroom."""
+    return _mem_mb(lot_cells(wildcards.lot))
+
+
+def lot_runtime(wildcards):
+    """Minutes to ask for a lot's job: the measured line at its cells, with headroom."""
+    return _runtime(lot_cells(wildcards.lot))
+
+
+def compare_mem_mb(wildcards):
+    """A comparison reads the new lot and its history: the line at all their cells."""
+    lots = [wildcards.lot, *history_of(wildcards.lot)]
+    return _mem_mb(sum(lot_cells(x) for x in lots))
+
+
+def released_outputs(wildcards):
+    """What the lots released so far wrote (release folders and comparisons): the `released`
+    rule's input, so that `snakemake --report` also reports a run in which some lots failed.
+    """
+    made = [f"{OUT}/{lot}/release" for lot in SAMPLES["lot"]]
+    made += [f"{OUT}/{lot}/compare.json" for lot in new_lots()]
+    return [path for path in made if Path(path).exists()]

@@ -6,15 +6,21 @@ rule compare:
         history=lambda w: [f"{OUT}/{x}/release" for x in history_of(w.lot)],
     output:
         json=f"{OUT}/{{lot}}/compare.json",
-        plot=f"{OUT}/{{lot}}/compare.png",
+        plot=report(
+            f"{OUT}/{{lot}}/compare.png",
+            caption="../report/compare.rst",
+            category="Lots",
+            subcategory="{lot}",
+            labels={"lot": "{lot}", "file": "compare"},
+        ),
     log:
         f"{OUT}/{{lot}}/logs/compare.log",
     conda:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=20,
+        mem_mb=compare_mem_mb,
+        runtime=lot_runtime,
     params:
         spec=spec_args(),
         history=lambda w, input: " ".join(f"{d}/lot.h5ad" for d in input.history),

@@ -11,8 +11,8 @@ rule map:
         "../envs/sc_celltherapy.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
-        runtime=60,
+        mem_mb=lot_mem_mb,
+        runtime=lot_runtime,
         gpu=config["gpus_per_mapping"],
     params:
         reference=config["reference"],

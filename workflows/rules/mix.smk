@@ -9,8 +9,8 @@ rule mix:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        mem_mb=lot_mem_mb,
+        runtime=lot_runtime,
     params:
         args=lambda w: mix_args(w.lot),
     shell:

@@ -10,8 +10,8 @@ rule qc:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=lot_mem_mb,
+        runtime=lot_runtime,
     params:
         input=lot_path,
     shell:

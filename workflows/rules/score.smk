@@ -12,8 +12,8 @@ rule score:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=lot_mem_mb,
+        runtime=lot_runtime,
     params:
         spec=spec_args(),
     shell:

@@ -46,6 +46,8 @@ from ._score import flag_cells, identities, remove_flagged_cells
 from ._validated import coverage, median_counts, read_dossier
 
 RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
+# The report's composition figure as its own file, for a LIMS record or Snakemake's report.
+COMPOSITION_FILE = "composition.png"
 # inside a partial directory: "<host> <pid>" of the run writing it (removed before the rename)
 OWNER_FILE = ".owner"
 STEPS = ("read", "qc", "map", "identity", "purity", "cluster", "report", "write")
@@ -246,7 +248,9 @@ def run(
             audit("rerun compared", agrees=rerun["agrees"], differences=rerun["differences"])
         cite_validation(results, dossier, adata, say)  # after the rerun's comparison
         results[PER_RUN_KEY] = _run_record(run_id, operator, started, inputs, timings, rerun)
-        say(f"[{len(STEPS)}/{len(STEPS)}] write results.json, lot.h5ad, report.html")
+        say(
+            f"[{len(STEPS)}/{len(STEPS)}] write results.json, lot.h5ad, report.html, composition.png"
+        )
         interrupt.check()
         written = _write_outputs(tmp, results, adata, figures)
         audit("outputs written", wrote=written)
@@ -434,7 +438,8 @@ def _png(fig) -> bytes:
 
 
 def _write_outputs(tmp: Path, results: dict, adata, figures: dict[str, bytes]) -> dict[str, str]:
-    """lot.h5ad and report.html, then results.json (with the time the other two took)."""
+    """lot.h5ad, report.html and composition.png, then results.json (with the time the others
+    took)."""
     from ._report import render_report
 
     start = time.perf_counter()
@@ -445,9 +450,11 @@ def _write_outputs(tmp: Path, results: dict, adata, figures: dict[str, bytes]) -
     }
     adata.write_h5ad(tmp / LOT_FILE)
     (tmp / REPORT_FILE).write_text(render_report(results, figures), encoding="utf-8")
+    (tmp / COMPOSITION_FILE).write_bytes(figures["composition"])
     results[PER_RUN_KEY]["timings_s"]["write"] = round(time.perf_counter() - start, 3)
     (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-    return {name: file_sha256(tmp / name) for name in (RESULTS_FILE, LOT_FILE, REPORT_FILE)}
+    names = (RESULTS_FILE, LOT_FILE, REPORT_FILE, COMPOSITION_FILE)
+    return {name: file_sha256(tmp / name) for name in names}
 
 
 def _rename_into_place(tmp: Path, out_dir: Path) -> None:
