@@ -62,6 +62,9 @@ MIN_SCALE = {"latent": 1e-6, "expression": 0.01}
 # Expression evidence counts from this load up (the pooled share itself: the most ambient RNA
 # can give a cell, see the module's docstring).
 AMBIENT_LOAD_LIMIT = 1.0
+# Blocks of the reference's genes and of cells: memory stays bounded on atlases; the results
+# are the same as in one piece.
+CHUNK_GENES, CHUNK_CELLS = 2_000, 10_000
 
 
 def reference_spacing(reference: np.ndarray, *, k: int) -> np.ndarray:
@@ -119,15 +122,19 @@ def lineage_genes(genes) -> np.ndarray:
 
 def gene_levels(counts, quantile: float = GENE_LEVEL_QUANTILE) -> np.ndarray:
     """Each gene's ``quantile`` of counts per 10,000 over the reference's cells."""
-    cp10k = _per_10k(counts).tocsc()
-    n = cp10k.shape[0]
+    counts = sp.csr_matrix(counts)
+    n = counts.shape[0]
+    scale = sp.diags(1e4 / np.maximum(np.asarray(counts.sum(axis=1, dtype=np.float64)).ravel(), 1))
     rank = int(np.ceil(quantile * n))  # 1-based rank among all cells, zeros included
-    levels = np.zeros(cp10k.shape[1])
-    for j in range(cp10k.shape[1]):
-        col = cp10k.data[cp10k.indptr[j] : cp10k.indptr[j + 1]]
-        above_zeros = rank - (n - col.size)
-        if above_zeros > 0:
-            levels[j] = np.partition(col, above_zeros - 1)[above_zeros - 1]
+    levels = np.zeros(counts.shape[1])
+    # a block of genes at a time: a whole atlas's scaled copy (twice, CSR then CSC) would not fit
+    for start in range(0, counts.shape[1], CHUNK_GENES):
+        block = (scale @ counts[:, start : start + CHUNK_GENES].astype(np.float64)).tocsc()
+        for j in range(block.shape[1]):
+            col = block.data[block.indptr[j] : block.indptr[j + 1]]
+            above_zeros = rank - (n - col.size)
+            if above_zeros > 0:
+                levels[start + j] = np.partition(col, above_zeros - 1)[above_zeros - 1]
     return levels
 
 
@@ -143,6 +150,18 @@ def expression_excess(counts, levels: np.ndarray) -> np.ndarray:
         Each gene's upper level in the reference (counts per 10,000; the bundle's
         ``expression_levels()``).
     """
+    counts = sp.csr_matrix(counts)
+    # cells are independent: blocks of cells keep the per-count arrays small on an atlas
+    return np.concatenate(
+        [
+            _excess_of_block(counts[start : start + CHUNK_CELLS], levels)
+            for start in range(0, counts.shape[0], CHUNK_CELLS)
+        ]
+        or [np.zeros(0)]
+    )
+
+
+def _excess_of_block(counts, levels: np.ndarray) -> np.ndarray:
     from scipy.stats import poisson
 
     counts = sp.csr_matrix(counts, dtype=np.float64)
