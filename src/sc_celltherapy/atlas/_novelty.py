@@ -200,12 +200,6 @@ def ambient_load(counts, levels: np.ndarray) -> np.ndarray:
     return in_absent / np.maximum(depth, 1.0) / pooled
 
 
-def _per_10k(counts) -> sp.csr_matrix:
-    counts = sp.csr_matrix(counts, dtype=np.float64)
-    depth = np.asarray(counts.sum(axis=1)).ravel()
-    return sp.csr_matrix(sp.diags(1e4 / np.maximum(depth, 1)) @ counts)
-
-
 def fit_oor(components: dict[str, np.ndarray], quantile: float = OOR_QUANTILE) -> dict:
     """Scales and threshold of the combined score, from held-out in-reference cells' components
     (each cell scored by models and gene levels that never saw its donor)."""
