@@ -39,16 +39,43 @@ def run_sct(lot: Path, bundle: Path, out: Path, seed: int) -> dict:
     }
 
 
+def peer_surgery(adata, bundle: Path, seed: int, *, batches) -> None:
+    """What a scvi-tools user writes to map a lot: scArches surgery on the bundle's first
+    ensemble member (one scANVI model) with the same epochs, then predictions. ``batches``:
+    the lot's batch label(s) in the reference's batch column. Adds ``obsm["X_scanvi"]``,
+    ``obs["label"]`` and ``obs["prob"]``."""
+    import numpy as np
+    import scvi
+
+    from sc_celltherapy.atlas._model import surgery_epochs
+
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    query = adata[:, adata.var_names.intersection(manifest["genes"])].copy()
+    query.obs[manifest["labels_key"]] = "Unknown"
+    if manifest.get("batch_key"):
+        query.obs[manifest["batch_key"]] = batches
+    model_dir = str(bundle / "models" / "0")
+    scvi.model.SCANVI.prepare_query_anndata(query, model_dir)
+    scvi.settings.seed = seed
+    model = scvi.model.SCANVI.load_query_data(query, model_dir, accelerator="cpu")
+    model.train(
+        max_epochs=surgery_epochs(query.n_obs),
+        plan_kwargs={"weight_decay": 0.0},
+        accelerator="cpu",
+        enable_progress_bar=False,
+    )
+    adata.obsm["X_scanvi"] = model.get_latent_representation()
+    probs = model.predict(soft=True)
+    adata.obs["label"] = probs.idxmax(axis=1).to_numpy()
+    adata.obs["prob"] = np.asarray(probs.max(axis=1))
+
+
 def run_peer(lot: Path, bundle: Path, out: Path, seed: int) -> dict:
     """What a scanpy + scvi-tools user writes for the same chain, without the assay around it:
     scanpy QC (qc metrics, a 200-gene floor, scrublet), scArches surgery on the same reference
     model with the same epochs, predictions, and the annotated lot written to disk."""
     import anndata as ad
-    import numpy as np
     import scanpy as sc
-    import scvi
-
-    from sc_celltherapy.atlas._model import surgery_epochs
 
     steps = {}
     t = time.perf_counter()
@@ -64,26 +91,7 @@ def run_peer(lot: Path, bundle: Path, out: Path, seed: int) -> dict:
     adata = adata[~adata.obs["predicted_doublet"]].copy()
     steps["qc"] = time.perf_counter() - t
     t = time.perf_counter()
-    manifest = json.loads((bundle / "bundle.json").read_text())
-    genes = manifest["genes"]
-    query = adata[:, adata.var_names.intersection(genes)].copy()
-    query.obs[manifest["labels_key"]] = "Unknown"
-    if manifest.get("batch_key"):
-        query.obs[manifest["batch_key"]] = "query_lot"
-    model_dir = bundle / "models" / "0"  # the bundle's first ensemble member: one scANVI model
-    scvi.model.SCANVI.prepare_query_anndata(query, str(model_dir))
-    scvi.settings.seed = seed
-    model = scvi.model.SCANVI.load_query_data(query, str(model_dir), accelerator="cpu")
-    model.train(
-        max_epochs=surgery_epochs(query.n_obs),
-        plan_kwargs={"weight_decay": 0.0},
-        accelerator="cpu",
-        enable_progress_bar=False,
-    )
-    adata.obsm["X_scanvi"] = model.get_latent_representation()
-    probs = model.predict(soft=True)
-    adata.obs["label"] = probs.idxmax(axis=1).to_numpy()
-    adata.obs["prob"] = np.asarray(probs.max(axis=1))
+    peer_surgery(adata, bundle, seed, batches="query_lot")
     steps["map"] = time.perf_counter() - t
     t = time.perf_counter()
     adata.write_h5ad(out / "lot.h5ad")

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from _common import peak_rss_mb
+from _release_child import peer_surgery
 
 CHANNEL_KEY = "channel"
 
@@ -147,9 +148,6 @@ def run_peer(lot: Path, bundle: Path, out: Path, seed: int, meter: StepMeter) ->
     clustering and UMAP, scArches surgery on the bundle's first model, the lot written."""
     import anndata as ad
     import scanpy as sc
-    import scvi
-
-    from sc_celltherapy.atlas._model import surgery_epochs
 
     s = meter.step
     with s("release (total)"):
@@ -164,25 +162,7 @@ def run_peer(lot: Path, bundle: Path, out: Path, seed: int, meter: StepMeter) ->
             sc.pp.scrublet(adata, batch_key=CHANNEL_KEY, random_state=seed, verbose=False)
             adata = adata[~adata.obs["predicted_doublet"]].copy()
         with s("map"):
-            manifest = json.loads((bundle / "bundle.json").read_text())
-            query = adata[:, adata.var_names.intersection(manifest["genes"])].copy()
-            query.obs[manifest["labels_key"]] = "Unknown"
-            if manifest.get("batch_key"):
-                query.obs[manifest["batch_key"]] = query.obs[CHANNEL_KEY].astype(str)
-            model_dir = str(bundle / "models" / "0")
-            scvi.model.SCANVI.prepare_query_anndata(query, model_dir)
-            scvi.settings.seed = seed
-            model = scvi.model.SCANVI.load_query_data(query, model_dir, accelerator="cpu")
-            model.train(
-                max_epochs=surgery_epochs(query.n_obs),
-                plan_kwargs={"weight_decay": 0.0},
-                accelerator="cpu",
-                enable_progress_bar=False,
-            )
-            adata.obsm["X_scanvi"] = model.get_latent_representation()
-            probs = model.predict(soft=True)
-            adata.obs["label"] = probs.idxmax(axis=1).to_numpy()
-            del query, model, probs
+            peer_surgery(adata, bundle, seed, batches=adata.obs[CHANNEL_KEY].astype(str).to_numpy())
         with s("normalise and log"):
             adata.layers["counts"] = adata.X.copy()
             sc.pp.normalize_total(adata)
