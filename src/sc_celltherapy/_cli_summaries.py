@@ -44,7 +44,9 @@ def release_summary(result) -> str:
             if rerun["agrees"]
             else f"  verify-rerun: results DIFFER in {rerun['differences']}"
         )
-    lines.append(f"Wrote {result.out_dir}/: results.json, lot.h5ad, report.html, audit.jsonl")
+    lines.append(
+        f"Wrote {result.out_dir}/: results.json, lot.h5ad, report.html, composition.png, audit.jsonl"
+    )
     lines.append(f"  audit: last hash {result.audit_last_hash} (record it)")
     return "\n".join(lines)
 
