@@ -1,5 +1,7 @@
 # Helpers that turn the sample sheet into file names (wiring only).
 
+import functools
+
 
 wildcard_constraints:
     lot="[A-Za-z0-9_][A-Za-z0-9_.-]*",
@@ -151,6 +153,7 @@ MIN_RUNTIME_MINUTES = 10
 UNREADABLE_LOT_CELLS = 20_000
 
 
+@functools.cache  # asked by every job of the lot and by each comparison: read the header once
 def lot_cells(lot):
     """Barcodes in a lot, from its file's header (no matrix is read): a 10x .h5, an .h5ad or a
     10x folder; a lot drawn by the mix rule has its sheet's n_cells."""
