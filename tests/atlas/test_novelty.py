@@ -50,6 +50,24 @@ def test_expression_excess_counts_only_far_above_the_reference_and_trims_two_gen
     assert excess[1] == pytest.approx(2 * (200 - limit) / 1000)
 
 
+def test_blocks_of_genes_and_cells_give_the_one_piece_result(monkeypatch):
+    """Gene levels and expression excess are computed in blocks so an atlas fits in memory;
+    blocks of 7 genes and 13 cells must give exactly what one block does."""
+    from sc_celltherapy.atlas import _novelty
+
+    rng = np.random.default_rng(1)
+    dense = rng.poisson(rng.gamma(0.3, 4, size=(60, 300))).astype(np.float32)
+    dense[50:, :8] += 60  # ten cells far above the others in eight genes: excess to find
+    counts = sp.csr_matrix(dense)
+    whole_levels = gene_levels(counts[:50], quantile=0.9)
+    whole_excess = expression_excess(counts, whole_levels)
+    monkeypatch.setattr(_novelty, "CHUNK_GENES", 7)
+    monkeypatch.setattr(_novelty, "CHUNK_CELLS", 13)
+    np.testing.assert_array_equal(gene_levels(counts[:50], quantile=0.9), whole_levels)
+    np.testing.assert_array_equal(expression_excess(counts, whole_levels), whole_excess)
+    assert whole_excess.max() > 0 and whole_levels.min() > 0  # both carry information
+
+
 def test_ambient_load_separates_ambient_coated_cells_from_a_foreign_lineage():
     """Known truth: a lot of 900 reference-like cells and 100 cells of a lineage the reference
     lacks (genes 0-9, level 0). Every reference-like cell also draws a share rho (up to 60%) of
