@@ -38,6 +38,22 @@ def resample_thinned(X, n_cells: int, seed: int, keep: float = 0.8):
     return rows
 
 
+def write_resampled_lot(path: Path, n_cells: int, seed: int = 0, channel_cells: int = 0) -> None:
+    """A lot of ``n_cells`` resampled and thinned (:func:`resample_thinned`) from the labelled
+    real CAR-T cells, written as ``.h5ad``. With ``channel_cells``, ``obs["channel"]`` deals the
+    cells into channels of at most that many, as a pooled lot of several 10x channels."""
+    import anndata as ad
+    import numpy as np
+
+    src = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
+    lot = ad.AnnData(X=resample_thinned(src.X.tocsr(), n_cells, seed), var=src.var.copy())
+    lot.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
+    if channel_cells:
+        n_channels = -(-n_cells // channel_cells)
+        lot.obs["channel"] = [f"ch{i + 1}" for i in np.arange(n_cells) * n_channels // n_cells]
+    lot.write_h5ad(path)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process's address space (VmHWM, Linux), the definition
     results.json uses (``sc_celltherapy._provenance.peak_memory_mb``). Written out here because

@@ -36,23 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     machine,
     peak_rss_mb,
-    resample_thinned,
     run_child,
-    shared_data,
     write_json,
+    write_resampled_lot,
 )
 
 SEED = 0
 RATE = 0.08  # the expected rate of a 10,000-cell channel: the same for both sides
-
-
-def _lot(n_cells: int, path: Path) -> None:
-    import anndata as ad
-
-    src = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
-    lot = ad.AnnData(X=resample_thinned(src.X.tocsr(), n_cells, SEED), var=src.var.copy())
-    lot.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
-    lot.write_h5ad(path)
 
 
 def _dense_scores(counts, rate: float, random_state: int):
@@ -138,7 +128,7 @@ def main() -> None:
         tmp = Path(tmp)
         for n in sorted(set(args.n_cells) | {args.release_cells}):
             lot = tmp / f"lot_{n}.h5ad"
-            _lot(n, lot)
+            write_resampled_lot(lot, n, SEED)
             scores = {}
             # the dense PCA holds three times the lot: above 30,000 cells it would not fit this
             # machine's memory beside the rest, so only ours runs there

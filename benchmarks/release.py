@@ -29,19 +29,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, resample_thinned, run_child, shared_data, write_json  # noqa: E402
+from _common import machine, run_child, shared_data, write_json, write_resampled_lot  # noqa: E402
 
 SEED = 0
-
-
-def _resampled_lot(n_cells: int, path: Path) -> None:
-    import anndata as ad
-
-    src = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
-    X = resample_thinned(src.X.tocsr(), n_cells, SEED)
-    lot = ad.AnnData(X=X, var=src.var.copy())
-    lot.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
-    lot.write_h5ad(path)
 
 
 def main() -> None:
@@ -56,7 +46,7 @@ def main() -> None:
         sct.settings.cache_dir = tmp / "cache"
         bundle = sct.atlas.load("pbmc_demo").path  # built once, not timed
         big = tmp / f"cart_resampled_{args.n_cells}.h5ad"
-        _resampled_lot(args.n_cells, big)
+        write_resampled_lot(big, args.n_cells, SEED)
         lots = {
             "CAR-T product (1,099 barcodes)": shared_data()
             / "cart_product_P02_M0_filtered_feature_bc_matrix.h5",

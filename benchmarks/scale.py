@@ -30,22 +30,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, resample_thinned, run_child, shared_data, write_json  # noqa: E402
+from _common import RESULTS, machine, run_child, write_json, write_resampled_lot  # noqa: E402
 
 SEED = 0
 CHANNEL_CELLS = 12_500  # about the most cells one 10x channel recovers
-
-
-def _lot(n_cells: int, path: Path) -> None:
-    import anndata as ad
-    import numpy as np
-
-    src = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
-    lot = ad.AnnData(X=resample_thinned(src.X.tocsr(), n_cells, SEED), var=src.var.copy())
-    lot.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
-    n_channels = -(-n_cells // CHANNEL_CELLS)
-    lot.obs["channel"] = [f"ch{i + 1}" for i in np.arange(n_cells) * n_channels // n_cells]
-    lot.write_h5ad(path)
 
 
 def _plot(runs: list[dict], path: Path) -> None:
@@ -88,7 +76,7 @@ def main() -> None:
         peer_last = None
         for n in sorted(args.n_cells):
             lot = tmp / f"lot_{n}.h5ad"
-            _lot(n, lot)
+            write_resampled_lot(lot, n, SEED, channel_cells=CHANNEL_CELLS)
             methods = [("ours", "sct")]
             if not args.no_peer:
                 methods.append(("peer", "peer"))
