@@ -1,20 +1,34 @@
-"""The Snakemake workflow on its test configuration, and the overhead Snakemake adds per lot.
+"""The Snakemake workflow locally and on a real SLURM cluster: overhead per lot, and the memory
+and time each rule uses at 2,000, 10,000 and 50,000 cells against what it asks SLURM for.
+
+Local (``--cores 2``):
 
 1. The whole test configuration (``workflows/config/test.yaml``: 7 lots from real data, one of
    them broken, 4 comparisons, stepwise rules for the product), timed end to end.
 2. The peer: each good lot's ``sc-celltherapy release`` called directly, one after another (what
    a shell loop does), on the same inputs.
-3. The same releases through Snakemake (``--forcerun release``, ``--cores 2``: one at a time,
-   as the rule asks for 2 threads).
+3. The same releases through Snakemake (``--forcerun release``: one at a time, as the rule asks
+   for 2 threads). Overhead per lot = (3 - 2) / lots; target under 10% of the direct time.
 
-Overhead per lot = (3 - 2) / lots; target under 10% of the direct time per lot. Prints a table
-and writes ``benchmarks/results/workflow.json``.
+Through SLURM (the single-node cluster of ``tests/workflows/slurm_cluster.py``, Debian's
+slurm-wlm, with ``workflows/profiles/slurm``; skipped with ``--no-slurm``):
 
-Run: ``python benchmarks/workflow.py`` (from anywhere; it runs in a temporary folder).
+4. The whole test configuration, against 1.
+5. The same releases, against 2: the overhead of a SLURM job per lot (submission, scheduling,
+   the plugin's status polling, a fresh process); target under 15% of a 10,000-cell lot's
+   release time (measured in 6).
+6. Three lots of 2,000, 10,000 and 50,000 cells (resampled and thinned from the real CAR-T
+   cells, one channel each) through every rule (qc, map, score, release, compare): each job's
+   elapsed time and peak memory from ``sacct`` (jobacct_gather/linux, sampled each second)
+   against the ``mem_mb`` its rule asked for.
+
+Prints tables and writes ``benchmarks/results/workflow.json``.
+Run: ``python benchmarks/workflow.py [--no-slurm]`` (from anywhere; it runs in a temporary folder).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -25,9 +39,15 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine, shared_data, write_json  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "workflows"))
+from _common import REPO, machine, shared_data, write_json, write_resampled_lot  # noqa: E402
 
 GOOD = ["Q1", "Q2", "Q3", "N1-CLEAN", "N2-MONOCYTES", "PRODUCT"]
+SIZES = {"L2K": 2_000, "L10K": 10_000, "L50K": 50_000}
+SHEET_HEADER = (
+    "lot\tinput\trole\tbase\tn_cells\tseed\tspike\tfraction\tspike_markers\tspike_exclude"
+)
+SLURM_OVERHEAD_TARGET, LOCAL_OVERHEAD_TARGET = 0.15, 0.10
 
 
 def _timed(cmd: list[str], env: dict, *, check: bool = True) -> float:
@@ -39,8 +59,30 @@ def _timed(cmd: list[str], env: dict, *, check: bool = True) -> float:
     return seconds
 
 
+def _config(tmp: Path, name: str, sheet: str, **settings) -> Path:
+    """The test configuration over ``sheet``, its outputs in ``tmp/name``."""
+    (tmp / f"{name}.tsv").write_text(sheet)
+    config = yaml.safe_load((REPO / "workflows/config/test.yaml").read_text())
+    config |= {"samples": str(tmp / f"{name}.tsv"), "outdir": str(tmp / name), **settings}
+    (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    return tmp / f"{name}.yaml"
+
+
+def _slurm_args() -> list[str]:
+    return [
+        "--profile",
+        str(REPO / "workflows/profiles/slurm"),
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+    ]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-slurm", action="store_true", help="only the local measures")
+    args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
+    result = {"machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -48,59 +90,115 @@ def main() -> None:
         # the reference bundle is built once beforehand, as a core would have it
         _timed([str(bin_dir / "sc-celltherapy"), "atlas", "verify", "pbmc_demo"], env)
         sheet = (REPO / "workflows/config/test_samples.tsv").read_text()
-        (tmp / "samples.tsv").write_text(sheet.replace("../shared/data", str(shared_data())))
-        config = yaml.safe_load((REPO / "workflows/config/test.yaml").read_text())
-        out = tmp / "results"
-        config |= {"samples": str(tmp / "samples.tsv"), "outdir": str(out)}
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+        sheet = sheet.replace("../shared/data", str(shared_data()))
+        local_config = _config(tmp, "local", sheet)
         snakemake = [str(bin_dir / "snakemake"), "-s", "workflows/Snakefile"]
-        snakemake += ["--configfile", str(tmp / "config.yaml"), "--cores", "2"]
 
-        full = _timed([*snakemake, "--keep-going"], env, check=False)
-        print(f"whole test configuration: {full:.1f} s", flush=True)
+        local = [*snakemake, "--configfile", str(local_config), "--cores", "2"]
+        result["whole_test_config_s"] = _timed([*local, "--keep-going"], env, check=False)
+        print(f"whole test configuration, local: {result['whole_test_config_s']:.1f} s")
 
         inputs = {}
-        for line in (tmp / "samples.tsv").read_text().splitlines()[1:]:
+        for line in sheet.splitlines()[1:]:
             lot, path = line.split("\t")[:2]
-            inputs[lot] = path or str(out / lot / "input.h5ad")
+            inputs[lot] = path or str(tmp / "local" / lot / "input.h5ad")
         direct = {}
+        (tmp / "direct").mkdir()
         for lot in GOOD:
             cmd = [str(bin_dir / "sc-celltherapy"), "release", inputs[lot]]
             cmd += ["--product", "car_t_demo", "--reference", "pbmc_demo", "--lot-id", lot]
             cmd += ["--operator", "bench", "--out", str(tmp / "direct" / lot)]
-            (tmp / "direct").mkdir(exist_ok=True)
             direct[lot] = _timed(cmd, env)
             print(f"  direct release {lot}: {direct[lot]:.1f} s", flush=True)
+        result["direct_s"] = direct
+        targets = [str(tmp / "local" / lot / "release") for lot in GOOD]
+        result["snakemake_releases_s"] = _timed(
+            [*local, "--forcerun", "release", "--", *targets], env
+        )
+        if not args.no_slurm:
+            result |= _slurm(tmp, snakemake, sheet, inputs, env)
+    _report(result)
 
-        targets = [str(out / lot / "release") for lot in GOOD]
-        through = _timed([*snakemake, "--forcerun", "release", "--", *targets], env)
-        print(f"the same releases through Snakemake: {through:.1f} s", flush=True)
 
+def _slurm(tmp: Path, snakemake: list[str], sheet: str, inputs: dict, env: dict) -> dict:
+    """Measures 4-6 on a fresh single-node SLURM cluster."""
+    from slurm_cluster import SlurmCluster
+
+    out = {}
+    with SlurmCluster(tmp / "slurm") as cluster:
+        env = cluster.env(env)
+        config = _config(tmp, "on_slurm", sheet)
+        on_slurm = [*snakemake, "--configfile", str(config), *_slurm_args()]
+        out["slurm_whole_test_config_s"] = _timed(on_slurm, env, check=False)
+        print(f"whole test configuration, SLURM: {out['slurm_whole_test_config_s']:.1f} s")
+        targets = [str(tmp / "on_slurm" / lot / "release") for lot in GOOD]
+        out["slurm_releases_s"] = _timed([*on_slurm, "--forcerun", "release", "--", *targets], env)
+        print(f"the same releases through SLURM: {out['slurm_releases_s']:.1f} s", flush=True)
+
+        rows = [SHEET_HEADER]
+        for i, (lot, n) in enumerate(SIZES.items()):
+            write_resampled_lot(tmp / f"{lot}.h5ad", n, seed=i)
+            rows.append(f"{lot}\t{tmp / f'{lot}.h5ad'}\t{'new' if i else 'qualified'}" + "\t" * 7)
+        config = _config(tmp, "sizes", "\n".join(rows) + "\n", stepwise=list(SIZES))
+        _timed([*snakemake, "--configfile", str(config), *_slurm_args()], env)
+        jobs = cluster.jobs()
+        sized = jobs[jobs["lot"].isin(list(SIZES))]
+        out["per_rule"] = [
+            {
+                "rule": j.rule,
+                "lot": j.lot,
+                "cells": SIZES[j.lot],
+                "seconds": int(j.seconds),
+                "peak_mb": round(float(j.peak_mb)),
+                "requested_mb": round(float(j.req_mb)),
+                "requested_minutes": int(j.minutes),
+                "cpus": int(j.cpus),
+                "state": j.State,
+            }
+            for j in sized.itertuples()
+        ]
+    return out
+
+
+def _report(result: dict) -> None:
     n = len(GOOD)
-    direct_total = sum(direct.values())
-    per_lot = (through - direct_total) / n
-    relative = per_lot / (direct_total / n)
+    direct_total = sum(result["direct_s"].values())
+    per_lot = (result["snakemake_releases_s"] - direct_total) / n
+    result["overhead_per_lot_s"] = per_lot
+    result["overhead_relative"] = per_lot / (direct_total / n)
     print()
-    print(f"{'measure':<52} {'value':>10}")
-    print(f"{'whole test configuration (7 lots, 4 comparisons) s':<52} {full:>10.1f}")
-    print(f"{'direct CLI releases of 6 lots, s (peer)':<52} {direct_total:>10.1f}")
-    print(f"{'the same 6 releases through Snakemake, s':<52} {through:>10.1f}")
-    print(f"{'Snakemake overhead per lot, s':<52} {per_lot:>10.2f}")
-    print(f"{'overhead per lot / direct time per lot':<52} {relative:>10.1%}")
-    print(f"target: overhead under 10% per lot: met {relative < 0.10}")
-    path = write_json(
-        "workflow",
-        {
-            "machine": machine(),
-            "whole_test_config_s": full,
-            "direct_s": direct,
-            "snakemake_releases_s": through,
-            "overhead_per_lot_s": per_lot,
-            "overhead_relative": relative,
-            "target_met": relative < 0.10,
-        },
-    )
-    print(f"wrote {path}")
+    print(f"{'measure':<58} {'value':>10}")
+    print(f"{'whole test configuration (7 lots, 4 comparisons), local s':<58} {result['whole_test_config_s']:>10.1f}")  # fmt: skip
+    print(f"{'direct CLI releases of 6 lots, s (peer)':<58} {direct_total:>10.1f}")
+    print(f"{'the same 6 releases through Snakemake, local s':<58} {result['snakemake_releases_s']:>10.1f}")  # fmt: skip
+    print(f"{'Snakemake overhead per lot, s':<58} {per_lot:>10.2f}")
+    print(f"{'overhead per lot / direct time per lot':<58} {result['overhead_relative']:>10.1%}")
+    result["target_met"] = result["overhead_relative"] < LOCAL_OVERHEAD_TARGET
+    if "per_rule" in result:
+        release_10k = next(
+            r["seconds"] for r in result["per_rule"] if (r["rule"], r["lot"]) == ("release", "L10K")
+        )
+        slurm_per_lot = (result["slurm_releases_s"] - direct_total) / n
+        result["slurm_overhead_per_lot_s"] = slurm_per_lot
+        result["release_10k_s"] = release_10k
+        result["slurm_overhead_over_10k_release"] = slurm_per_lot / release_10k
+        result["slurm_target_met"] = slurm_per_lot / release_10k < SLURM_OVERHEAD_TARGET
+        print(f"{'whole test configuration through SLURM, s':<58} {result['slurm_whole_test_config_s']:>10.1f}")  # fmt: skip
+        print(f"{'the same 6 releases through SLURM, s':<58} {result['slurm_releases_s']:>10.1f}")  # fmt: skip
+        print(f"{'SLURM overhead per lot, s':<58} {slurm_per_lot:>10.2f}")
+        print(f"{'  / a 10,000-cell release on SLURM (' + str(release_10k) + ' s)':<58} {slurm_per_lot / release_10k:>10.1%}")  # fmt: skip
+        print()
+        print(
+            f"{'rule':<16} {'cells':>7} {'s':>6} {'peak MB':>8} {'asked MB':>9} {'peak/asked':>11}"
+        )
+        for r in sorted(result["per_rule"], key=lambda r: (r["rule"], r["cells"])):
+            ratio = r["peak_mb"] / r["requested_mb"]
+            print(f"{r['rule']:<16} {r['cells']:>7} {r['seconds']:>6} {r['peak_mb']:>8} {r['requested_mb']:>9} {ratio:>11.2f}")  # fmt: skip
+        print(
+            f"target: SLURM overhead under 15% of a 10k release: met {result['slurm_target_met']}"
+        )
+    print(f"target: local overhead under 10% per lot: met {result['target_met']}")
+    print(f"wrote {write_json('workflow', result)}")
 
 
 if __name__ == "__main__":

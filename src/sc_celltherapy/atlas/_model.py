@@ -47,6 +47,9 @@ def quiet_training():
             # lightning 2.x trips torch's LeafSpec deprecation on every fit: not ours, not
             # actionable by a user, and it cluttered the demo's output
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            # where Slurm is installed, lightning's device parsing (scvi-tools calls it on
+            # every fit and query load) urges `srun` for a distributed run; ours is one process
+            warnings.filterwarnings("ignore", message=r"The `srun` command is available")
             yield
     except SystemExit as err:
         if threading.current_thread() is threading.main_thread():
@@ -69,12 +72,18 @@ ARCHES_PARAMS = {
 
 
 def _trainer_kwargs() -> dict:
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
     return {
         "accelerator": accelerator(),
         "devices": 1,
         "enable_progress_bar": settings.progress_bar,
         "enable_model_summary": False,
         "logger": False,
+        # one process on one device, inside a SLURM job or not: lightning would otherwise take
+        # a SLURM job's environment for a distributed run (and warn on any machine where
+        # `srun` exists that it was not used)
+        "plugins": [LightningEnvironment()],
     }
 
 
