@@ -11,6 +11,7 @@ from ._manifests import (
     manifest_path,
     validate_manifest,
 )
+from ._model import accelerator
 from ._novelty import AMBIENT_LOAD_LIMIT, ambient_load, expression_excess, local_outlier_ratio
 from ._novelty import combine as combine_oor
 from ._query import QueryResult, query_bundle
@@ -50,4 +51,5 @@ __all__ = [
     "query_bundle",
     "QueryResult",
     "UNLABELED",
+    "accelerator",
 ]

@@ -18,7 +18,9 @@ from .._settings import settings
 
 
 def accelerator() -> str:
-    """Lightning accelerator from ``settings.accelerator``; ``"gpu"`` requires a CUDA device."""
+    """The device models train and infer on, ``"gpu"`` or ``"cpu"``: from
+    ``settings.accelerator`` (``"auto"``: the GPU when a CUDA device exists). Asking for
+    ``"gpu"`` without a CUDA device is an :class:`~sc_celltherapy.InputError`."""
     import torch
 
     if settings.accelerator == "cpu":

@@ -35,9 +35,9 @@ def main_device(bundle) -> str | None:
     """The device the plan's chain runs map on: None without a reference (marker panels)."""
     if bundle is None:
         return None
-    import torch
+    from .. import atlas
 
-    return "gpu" if settings.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    return atlas.accelerator()
 
 
 def compare_calls(
