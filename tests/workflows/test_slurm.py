@@ -57,7 +57,7 @@ def slurm_config(folder, shared_data):
     return folder / "config.yaml"
 
 
-def slurm_command(config, *extra):
+def slurm_command(config):
     """Snakemake's arguments for a run through the SLURM profile. The release rule is sent to
     the cluster's second partition, as a site sends it to GPU nodes."""
     return [
@@ -69,7 +69,6 @@ def slurm_command(config, *extra):
         "release:slurm_partition=gpu",
         "--slurm-init-seconds-before-status-checks",
         "2",  # the plugin's 40 s default is for busy clusters
-        *extra,
     ]
 
 

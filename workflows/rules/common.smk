@@ -137,16 +137,18 @@ def check_product_and_spec():
         )
 
 
-# Memory and time of a lot's jobs grow with its cells. Measured for the whole release by
-# benchmarks/scale.py (benchmarks/results/scale.json; 2-core CPU, channels of 12,500 cells):
-# 10,000 / 50,000 / 100,000 cells peaked at 1,437 / 3,901 / 6,776 MB in 47 / 142 / 289 s. The
-# lines below pass through the 10k and 100k points (50k: 3,810 MB predicted); jobs ask for
-# 1.5 times them, and at least MIN_RUNTIME_MINUTES (a fresh process on a slower node also pays
-# imports and numba compilation). The stepwise rules (qc, map, score) each do part of a release,
-# so the release's line bounds them. Sites with other hardware re-run the benchmark and change
-# these numbers.
-MEM_MB_BASE, MEM_MB_PER_1000_CELLS = 844, 59.3
-MINUTES_BASE, MINUTES_PER_1000_CELLS = 0.33, 0.045
+# Memory and time of a lot's jobs grow with its cells. Measured per rule through SLURM by
+# benchmarks/workflow.py (benchmarks/results/workflow.json; 2-core CPU, sacct's MaxRSS of each
+# job): the release, the largest of the rules, peaked at 1,114 / 1,542 / 5,556 MB in 39 / 50 /
+# 190 s at 2,000 / 10,000 / 50,000 cells. A lot goes through the workflow as one channel, so its
+# doublet scoring holds the whole lot (steeper than benchmarks/scale.py's pooled channels). The
+# lines below pass through the 2k and 50k points and above the 10k one; jobs ask for 1.5 times
+# them, and at least MIN_RUNTIME_MINUTES (a fresh process on a slower node also pays imports and
+# numba compilation). The stepwise rules (qc, map, score) each do part of a release, so the
+# release's line bounds them. Sites with other hardware re-run the benchmark and change these
+# numbers.
+MEM_MB_BASE, MEM_MB_PER_1000_CELLS = 930, 92.5
+MINUTES_BASE, MINUTES_PER_1000_CELLS = 0.55, 0.053
 RESOURCE_HEADROOM = 1.5
 MIN_RUNTIME_MINUTES = 10
 # when a lot's file cannot be read (the job will fail on it anyway): the resources of this size

@@ -11,7 +11,7 @@ rule multiqc_content:
         "../envs/sc_celltherapy.yaml"
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=1000,  # measured through SLURM: 500 MB with Snakemake's job process
         runtime=5,
     shell:
         "sc-celltherapy multiqc-content {input}/results.json --out {output} > {log} 2>&1"
