@@ -163,7 +163,7 @@ def test_stale_partials_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
     import subprocess
     import sys
 
-    from sc_celltherapy.release._run import OWNER_FILE, remove_stale_partials
+    from sc_celltherapy.release._outputs import OWNER_FILE, remove_stale_partials
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -4,9 +4,9 @@ from .._signing import SigningError, generate_key
 from .._spec import IMPURITY_CLASSES, Spec, SpecError
 from ._audit import AuditError, AuditLog, verify_audit
 from ._multiqc import multiqc_content, write_multiqc_content
-from ._preflight import check_out_dir
+from ._preflight import ReleaseExistsError, check_out_dir
 from ._results import spec_digest, validate_results
-from ._run import Release, ReleaseExistsError, compare_results, run
+from ._run import Release, compare_results, run
 from ._score import assess, score
 from ._summary import summarize
 

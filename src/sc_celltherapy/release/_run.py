@@ -9,13 +9,9 @@ leaves no release directory, and an existing one is never overwritten.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
-import socket
 import sys
-import tempfile
-import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -31,11 +27,18 @@ from .._provenance import hardware, peak_memory_mb
 from .._signing import load_private_key
 from .._spec import Spec
 from .._utils import plain
-from ..io import file_sha256
 from ..pp import QCWarning
 from ..tl import IdentityWarning, MappingWarning
 from ._audit import AUDIT_FILE, AuditLog
-from ._preflight import ReleaseExistsError, ResolvedInputs, preflight, preflight_again
+from ._outputs import (
+    RESULTS_FILE,
+    open_partial,
+    png,
+    remove_stale_partials,
+    rename_into_place,
+    write_outputs,
+)
+from ._preflight import ResolvedInputs, preflight, preflight_again
 from ._results import (
     PER_RUN_KEY,
     build_results,
@@ -45,11 +48,6 @@ from ._results import (
 from ._score import flag_cells, identities, remove_flagged_cells
 from ._validated import coverage, median_counts, read_dossier
 
-RESULTS_FILE, LOT_FILE, REPORT_FILE = "results.json", "lot.h5ad", "report.html"
-# The report's composition figure as its own file, for a LIMS record or Snakemake's report.
-COMPOSITION_FILE = "composition.png"
-# inside a partial directory: "<host> <pid>" of the run writing it (removed before the rename)
-OWNER_FILE = ".owner"
 STEPS = ("read", "qc", "map", "identity", "purity", "cluster", "report", "write")
 
 
@@ -204,13 +202,7 @@ def run(
     stale = remove_stale_partials(inputs.out_dir.parent)
     for path in stale:
         say(f"removed {path}: the partial directory of a run killed before it could clean up")
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{inputs.out_dir.name}.partial-", dir=inputs.out_dir.parent)
-    )
-    (tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the release from the lab
+    tmp = open_partial(inputs.out_dir)
     logs = [AuditLog(tmp / AUDIT_FILE, operator=operator, run_id=run_id, signing_key=key)]
     if audit_log is not None:
         logs.append(AuditLog(audit_log, operator=operator, run_id=run_id, signing_key=key))
@@ -252,12 +244,12 @@ def run(
             f"[{len(STEPS)}/{len(STEPS)}] write results.json, lot.h5ad, report.html, composition.png"
         )
         interrupt.check()
-        written = _write_outputs(tmp, results, adata, figures)
+        written = write_outputs(tmp, results, adata, figures)
         audit("outputs written", wrote=written)
         last_hash = audit(
             "run finished", verdict=results["verdict"], results_sha256=written[RESULTS_FILE]
         )
-        _rename_into_place(tmp, inputs.out_dir)
+        rename_into_place(tmp, inputs.out_dir)
     except BaseException as err:
         # the lab log (if any) keeps the failure; the partial directory goes
         if len(logs) > 1:
@@ -321,7 +313,7 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
         species = inputs.bundle.manifest.get("species", "human")
     with step("qc", "QC: metrics, low-quality and doublet flags, filter"):
         flag_cells(adata, species=species, batch_key=batch_key, seed=seed)
-        qc_png = _png(pl.qc(adata, return_fig=True))  # drawn before the flagged cells are removed
+        qc_png = png(pl.qc(adata, return_fig=True))  # drawn before the flagged cells are removed
         remove_flagged_cells(adata)  # refuses too few cells left, before mapping
     qc = adata.uns[KEYS.QC]
     audit(
@@ -364,17 +356,17 @@ def _steps(inputs: ResolvedInputs, lot_id, batch_key, seed, min_gene_overlap, sa
     with step("report", "figures and report"):
         figures = {
             "qc": qc_png,
-            "identity": _png(
+            "identity": png(
                 pl.identity(
                     adata,
                     groupby=KEYS.IDENTITY_CLASS if marker_only else "sct_ref_label",
                     return_fig=True,
                 )
             ),
-            "composition": _png(pl.composition(adata, return_fig=True)),
+            "composition": png(pl.composition(adata, return_fig=True)),
         }
         if not marker_only:
-            figures["reliability"] = _png(pl.reliability(adata, return_fig=True))
+            figures["reliability"] = png(pl.reliability(adata, return_fig=True))
     return results, adata, figures, timings
 
 
@@ -424,73 +416,6 @@ def _run_record(run_id, operator, started, inputs: ResolvedInputs, timings, reru
             "rerun": rerun,
         }
     )
-
-
-def _png(fig) -> bytes:
-    import io as _io
-
-    import matplotlib.pyplot as plt
-
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _write_outputs(tmp: Path, results: dict, adata, figures: dict[str, bytes]) -> dict[str, str]:
-    """lot.h5ad, report.html and composition.png, then results.json (with the time the others
-    took)."""
-    from ._report import render_report
-
-    start = time.perf_counter()
-    adata.uns[KEYS.RELEASE] = {
-        "lot_id": results["lot_id"],
-        "verdict": results["verdict"],
-        "run_id": results[PER_RUN_KEY]["run_id"],
-    }
-    adata.write_h5ad(tmp / LOT_FILE)
-    (tmp / REPORT_FILE).write_text(render_report(results, figures), encoding="utf-8")
-    (tmp / COMPOSITION_FILE).write_bytes(figures["composition"])
-    results[PER_RUN_KEY]["timings_s"]["write"] = round(time.perf_counter() - start, 3)
-    (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-    names = (RESULTS_FILE, LOT_FILE, REPORT_FILE, COMPOSITION_FILE)
-    return {name: file_sha256(tmp / name) for name in names}
-
-
-def _rename_into_place(tmp: Path, out_dir: Path) -> None:
-    (tmp / OWNER_FILE).unlink()
-    if out_dir.exists():  # created by someone else while this run worked
-        msg = f"Release directory {out_dir} appeared during the run; this run's outputs are discarded."
-        raise ReleaseExistsError(msg)
-    os.rename(tmp, out_dir)
-
-
-def remove_stale_partials(parent: Path) -> list[Path]:
-    """Remove the partial directories that runs on this host left when they were killed
-    (SIGKILL, power loss): their owner file names a process that no longer exists. A partial
-    of a live run, of another host, or without an owner file is left alone."""
-    removed = []
-    for path in sorted(parent.glob(".*.partial-*")):
-        owner = path / OWNER_FILE
-        try:
-            host, pid = owner.read_text().split()
-        except (OSError, ValueError):
-            continue
-        if host != socket.gethostname() or _alive(int(pid)):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _now() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._materials import BATCH_KEY, MATERIAL_KEY, draw_mixture
+from ._materials import BATCH_KEY, MATERIAL_KEY, draw_mixture, mixture_estimate
 from ._plan import ValidationPlan, impurity_key
 
 MIN_BATCH_CELLS = 50  # smaller batches are left out (recorded): a few cells are not a base
@@ -32,23 +32,20 @@ def batch_mixtures(cells, calls: pd.DataFrame, plan: ValidationPlan, rng) -> pd.
     used, _ = batches(cells)
     material = cells.obs[MATERIAL_KEY].astype(str).to_numpy()
     batch = cells.obs[BATCH_KEY].astype(str).to_numpy() if used else None
-    assessed = calls["assessed"].to_numpy()
     rows = []
     for imp in c["impurities"]:
         key = impurity_key(imp)
         spike = np.flatnonzero(material == key)
-        hit = calls[key].to_numpy()
         for f in c["levels"]:
             for b in used:
                 base = np.flatnonzero((material == "base") & (batch == b))
                 idx, _ = draw_mixture(rng, base, spike, f, c["n_cells"])
-                a = assessed[idx]
                 rows.append(
                     {
                         "impurity": key,
                         "true_fraction": f,
                         "base_batch": b,
-                        "estimate": float((hit[idx] & a).sum() / max(a.sum(), 1)),
+                        "estimate": float(mixture_estimate(calls, key, idx)[2]),
                     }
                 )
     return pd.DataFrame(rows)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .._settings import settings
 from . import _parameters as par
-from ._materials import MATERIAL_KEY, draw_mixture
+from ._materials import MATERIAL_KEY, draw_mixture, mixture_estimate
 from ._plan import ValidationPlan, impurity_key
 
 MEMBERS_NOTE = (
@@ -63,9 +63,7 @@ def compare_calls(
         for _ in range(c["replicates"]):
             idx, _replaced = draw_mixture(rng, base, spike, level, c["n_cells"])
             for dev, table in calls.items():
-                assessed = table["assessed"].to_numpy()[idx]
-                hit = table[key].to_numpy()[idx] & assessed
-                est[dev].append(hit.sum() / max(assessed.sum(), 1))
+                est[dev].append(mixture_estimate(table, key, idx)[2])
             diffs.append(abs(est[a][-1] - est[b][-1]))
         limit = plan.limits[key]
         rows.append(

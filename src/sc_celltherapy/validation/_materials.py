@@ -74,6 +74,14 @@ def draw_mixture(rng, base: np.ndarray, spike: np.ndarray, fraction: float, n_ce
     return np.concatenate(parts), n_spike > spike.size or n_base > base.size
 
 
+def mixture_estimate(calls, key: str, idx: np.ndarray) -> tuple[int, int, float]:
+    """A mixture's assessed cells, those called ``key`` among them, and the estimate (their
+    share, the release's rule), from per-cell ``calls`` (columns ``assessed`` and ``key``)."""
+    assessed = calls["assessed"].to_numpy()[idx]
+    n_assessed, n_called = int(assessed.sum()), int((calls[key].to_numpy()[idx] & assessed).sum())
+    return n_assessed, n_called, n_called / max(n_assessed, 1)
+
+
 def take(cells: AnnData, idx: np.ndarray) -> AnnData:
     """The cells at ``idx`` (a cell drawn twice appears twice) as a new lot, renamed
     ``cell-0``, ``cell-1``, ... so that every barcode is unique."""

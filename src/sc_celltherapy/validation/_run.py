@@ -33,7 +33,15 @@ from ..release import assess, spec_digest
 from . import _parameters as par
 from ._base_batches import batch_mixtures, batches, between_batches
 from ._devices import device_factor
-from ._materials import MATERIAL_KEY, draw_mixture, match_depth, pool, read_material, take
+from ._materials import (
+    MATERIAL_KEY,
+    draw_mixture,
+    match_depth,
+    mixture_estimate,
+    pool,
+    read_material,
+    take,
+)
 from ._plan import ValidationPlan, impurity_key, load_plan
 from ._robustness import robustness_runs
 
@@ -322,17 +330,16 @@ def _mixtures(cells, calls: dict, plan: ValidationPlan) -> pd.DataFrame:
         idx, replaced = draw_mixture(rng, base, spike, fraction, c["n_cells"])
         for key in [spiked] if spiked else [impurity_key(imp) for imp in c["impurities"]]:
             for seed, table in calls.items():
-                assessed = table["assessed"].to_numpy()[idx]
-                hit = table[key].to_numpy()[idx] & assessed
+                n_assessed, n_called, estimate = mixture_estimate(table, key, idx)
                 rows.append(
                     {
                         "impurity": key,
                         "seed": seed,
                         "true_fraction": fraction,
                         "replicate": replicate,
-                        "n_assessed": int(assessed.sum()),
-                        "n_called": int(hit.sum()),
-                        "estimate": hit.sum() / max(assessed.sum(), 1),
+                        "n_assessed": n_assessed,
+                        "n_called": n_called,
+                        "estimate": estimate,
                         "drawn_with_replacement": replaced,
                     }
                 )
