@@ -38,14 +38,19 @@ def resample_thinned(X, n_cells: int, seed: int, keep: float = 0.8):
     return rows
 
 
-def write_resampled_lot(path: Path, n_cells: int, seed: int = 0, channel_cells: int = 0) -> None:
+def write_resampled_lot(
+    path: Path, n_cells: int, seed: int = 0, channel_cells: int = 0, genes=None
+) -> None:
     """A lot of ``n_cells`` resampled and thinned (:func:`resample_thinned`) from the labelled
     real CAR-T cells, written as ``.h5ad``. With ``channel_cells``, ``obs["channel"]`` deals the
-    cells into channels of at most that many, as a pooled lot of several 10x channels."""
+    cells into channels of at most that many, as a pooled lot of several 10x channels. With
+    ``genes``, only those of them (a million cells on every gene would not fit in memory)."""
     import anndata as ad
     import numpy as np
 
     src = ad.read_h5ad(shared_data() / "cart_labelled_dev.h5ad")
+    if genes is not None:
+        src = src[:, src.var_names.intersection(genes)].copy()
     lot = ad.AnnData(X=resample_thinned(src.X.tocsr(), n_cells, seed), var=src.var.copy())
     lot.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
     if channel_cells:

@@ -184,6 +184,10 @@ def run_peer(lot: Path, bundle: Path, out: Path, seed: int, meter: StepMeter) ->
 
 if __name__ == "__main__":
     which, lot, bundle, out, seed = sys.argv[1:6]
+    if len(sys.argv) > 6:
+        import sc_celltherapy as sct
+
+        sct.settings.accelerator = sys.argv[6]
     meter = StepMeter()
     start = time.perf_counter()
     fn = run_sct if which == "sct" else run_peer

@@ -19,6 +19,15 @@ within 8 GB, and time per cell at 100k no more than 1.2x that at 10k.
 
 Prints a table, writes ``benchmarks/results/scale.json`` and ``scale.png`` (seconds and peak
 memory against cells). Run: ``python benchmarks/scale.py [--n-cells 10000 50000 100000]``.
+
+``--gpu`` (on a machine with a CUDA device; the CPU grid above is not rerun) measures the GPU
+path instead and writes ``benchmarks/results/scale_gpu.json``: ``sct.tl.map_to_reference`` of
+lots of 100,000 and 1,000,000 cells (on the bundle's genes) on the GPU, with prediction and
+latent inference cells/s timed apart (``_gpu_child.py``); the 100,000-cell lot again on the
+CPU, with per-cell label agreement and label fractions of both; and a whole 10,000-cell release
+on each device, whose verdicts and purity rows must agree. Targets (issue 20): prediction at
+least 200,000 cells/s, a 1,000,000-cell lot mapped in under 2 minutes, no verdict changed.
+Training cells/s of a 200,000-cell reference on the GPU: ``atlas_scale.py --gpu``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from _common import RESULTS, machine, run_child, write_json, write_resampled_lot
 
 SEED = 0
 CHANNEL_CELLS = 12_500  # about the most cells one 10x channel recovers
+GPU_MAP_CELLS = [100_000, 1_000_000]
+GPU_CPU_MAX_CELLS = 100_000  # the largest lot also mapped on the CPU, for agreement
+GPU_RELEASE_CELLS = 10_000
 
 
 def _plot(runs: list[dict], path: Path) -> None:
@@ -66,7 +78,13 @@ def main() -> None:
     parser.add_argument("--n-cells", type=int, nargs="+", default=[10_000, 50_000, 100_000])
     parser.add_argument("--peer-max-gb", type=float, default=20.0)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="the GPU measures instead (above)")
+    parser.add_argument("--gpu-map-cells", type=int, nargs="+", default=GPU_MAP_CELLS)
+    parser.add_argument("--gpu-device", default="gpu", help="'cpu' checks the script without one")
     args = parser.parse_args()
+    if args.gpu:
+        gpu_main(args.gpu_map_cells, args.gpu_device)
+        return
     import sc_celltherapy as sct
 
     bundle = sct.atlas.load("pbmc_demo").path  # built once, not timed
@@ -105,6 +123,92 @@ def main() -> None:
                 )
             os.remove(lot)
     _report(runs)
+
+
+def gpu_main(map_cells: list[int], device: str) -> None:
+    """The GPU measures of the module docstring; ``device="cpu"`` runs them on the CPU to
+    check the script where no GPU is present (the comparison is then CPU against CPU)."""
+    import numpy as np
+
+    import sc_celltherapy as sct
+
+    bundle = sct.atlas.load("pbmc_demo")
+    maps, agreement, releases = [], [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for n in sorted(map_cells):
+            lot = tmp / f"map_{n}.h5ad"
+            write_resampled_lot(
+                lot, n, SEED, channel_cells=CHANNEL_CELLS, genes=bundle.manifest["genes"]
+            )
+            devices = [device] + (["cpu"] if n <= GPU_CPU_MAX_CELLS else [])
+            for d in devices:
+                r = run_child("_gpu_child", d, str(lot), str(bundle.path), str(tmp / f"{d}{n}"), str(SEED))  # fmt: skip
+                maps.append(r)
+                print(f"  {n:>9,} {d}: mapped in {r['map_to_reference_s']:.1f} s, prediction "
+                      f"{r['prediction_cells_per_s']:,.0f} cells/s", flush=True)  # fmt: skip
+            if len(devices) == 2:
+                a, b = (np.load(tmp / f"{d}{n}" / "labels.npy", allow_pickle=True) for d in devices)
+                fa, fb = maps[-2]["label_fractions"], maps[-1]["label_fractions"]
+                agreement.append(
+                    {
+                        "n_cells": n,
+                        "devices": devices,
+                        "labels_identical": float(np.mean(a == b)),
+                        "largest_fraction_difference": max(
+                            abs(fa.get(k, 0.0) - fb.get(k, 0.0)) for k in set(fa) | set(fb)
+                        ),
+                    }
+                )
+            os.remove(lot)
+        lot = tmp / "release.h5ad"
+        write_resampled_lot(lot, GPU_RELEASE_CELLS, SEED, channel_cells=CHANNEL_CELLS)
+        for d in dict.fromkeys([device, "cpu"]):
+            r = run_child("_scale_child", "sct", str(lot), str(bundle.path), str(tmp / f"release_{d}"), str(SEED), d)  # fmt: skip
+            releases[d] = {k: r[k] for k in ("verdict", "purity", "n_assessed", "total_s")}
+    same = None  # one device only (a check of the script): nothing compared
+    if len(releases) == 2:
+        same = all(releases[device][k] == releases["cpu"][k] for k in ("verdict", "n_assessed"))
+    big = [m for m in maps if m["device"] == device and m["n_cells"] == max(map_cells)][0]
+    targets = {
+        "prediction_cells_per_s_min": min(
+            m["prediction_cells_per_s"] for m in maps if m["device"] == device
+        ),
+        "prediction_at_least_200k_per_s": all(
+            m["prediction_cells_per_s"] >= 200_000 for m in maps if m["device"] == device
+        ),
+        "largest_lot_map_s": big["map_to_reference_s"],
+        "largest_lot_under_2_min": big["map_to_reference_s"] < 120,
+        "release_verdict_unchanged": same,
+    }
+    print()
+    print(f"{'cells':>9} {'device':<6} {'map s':>7} {'map cells/s':>12} {'predict cells/s':>16} "
+          f"{'latent cells/s':>15} {'peak MB':>8}")  # fmt: skip
+    for m in maps:
+        print(f"{m['n_cells']:>9,} {m['device']:<6} {m['map_to_reference_s']:>7.1f} "
+              f"{m['map_cells_per_s']:>12,.0f} {m['prediction_cells_per_s']:>16,.0f} "
+              f"{m['latent_cells_per_s']:>15,.0f} {m['peak_rss_mb']:>8.0f}")  # fmt: skip
+    for a in agreement:
+        print(f"{a['n_cells']:,} cells, {' vs '.join(a['devices'])}: labels identical "
+              f"{a['labels_identical']:.4f}, largest label-fraction difference "
+              f"{a['largest_fraction_difference']:.4f}")  # fmt: skip
+    for d, r in releases.items():
+        print(f"release of {GPU_RELEASE_CELLS:,} cells on {d}: {r['verdict']}, "
+              f"{r['n_assessed']} assessed, {r['total_s']:.1f} s")  # fmt: skip
+    print(f"targets: {targets}")
+    path = write_json(
+        "scale_gpu",
+        {
+            "seed": SEED,
+            "device_asked": device,
+            "machine": machine(),
+            "maps": maps,
+            "agreement": agreement,
+            "releases": releases,
+            "targets": targets,
+        },
+    )
+    print(f"wrote {path}")
 
 
 def _report(runs: list[dict]) -> None:
