@@ -45,11 +45,10 @@ def run(device: str, lot: Path, bundle_dir: Path, out: Path, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "labels.npy", labels)
 
-    # the query as a scvi-tools user prepares it (the lot's counts, read again; bundle's genes)
+    # the query as a scvi-tools user prepares it (the lot's counts, which mapping leaves in
+    # .X; the bundle's genes)
     manifest = bundle.manifest
-    counts = ad.read_h5ad(lot)
-    query = counts[:, counts.var_names.intersection(manifest["genes"])].copy()
-    del counts
+    query = adata[:, adata.var_names.intersection(manifest["genes"])].copy()
     query.obs[manifest["labels_key"]] = "Unknown"
     if manifest.get("batch_key"):
         query.obs[manifest["batch_key"]] = query.obs[CHANNEL_KEY].astype(str).to_numpy()

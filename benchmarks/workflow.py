@@ -116,11 +116,11 @@ def main() -> None:
             [*local, "--forcerun", "release", "--", *targets], env
         )
         if not args.no_slurm:
-            result |= _slurm(tmp, snakemake, sheet, inputs, env)
+            result |= _slurm(tmp, snakemake, sheet, env)
     _report(result)
 
 
-def _slurm(tmp: Path, snakemake: list[str], sheet: str, inputs: dict, env: dict) -> dict:
+def _slurm(tmp: Path, snakemake: list[str], sheet: str, env: dict) -> dict:
     """Measures 4-6 on a fresh single-node SLURM cluster."""
     from slurm_cluster import SlurmCluster
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import pandas as pd
 import pytest
 import yaml
 from slurm_cluster import SlurmCluster, SlurmUnavailable
-from test_workflow import SHEET_HEADER, WORKFLOW, _env, _snakemake
+from test_workflow import SHEET_HEADER, WORKFLOW, _env, _snakemake, requested_resources
 
 from sc_celltherapy.release import verify_audit
 
@@ -77,19 +76,10 @@ def asked_resources(config, cwd) -> dict:
     # --cores above every rule's threads: the dry run then shows what SLURM is asked for
     proc = _snakemake("--configfile", str(config), "-n", "--forceall", "--cores", "64", cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    asked = {}
-    for block in re.split(r"\nrule ", proc.stdout)[1:]:
-        rule = block.split(":")[0]
-        if "wildcards: lot=" not in block:
-            continue
-        lot = block.split("wildcards: lot=")[1].split()[0]
-        fields = dict(
-            f.split("=") for f in block.split("resources: ")[1].splitlines()[0].split(", ")
-        )
-        threads = re.search(r"threads: (\d+)", block)
-        cpus = int(threads.group(1)) if threads else 1
-        asked[(rule, lot)] = (int(fields["mem_mb"]), int(fields["runtime"]), cpus)
-    return asked
+    return {
+        job: (r["mem_mb"], r["runtime"], r["threads"])
+        for job, r in requested_resources(proc.stdout).items()
+    }
 
 
 @pytest.fixture(scope="module")

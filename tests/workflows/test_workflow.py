@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,28 @@ def _snakemake(*args, cwd=REPO, env=None, timeout=3000):
         text=True,
         timeout=timeout,
     )
+
+
+def requested_resources(dry_run_output: str) -> dict:
+    """What each lot's job asks for, from Snakemake's dry-run output:
+    ``{(rule, lot): {"mem_mb": ..., "runtime": ..., "threads": ...}}`` (ints; threads 1 where
+    the dry run prints none)."""
+    asked = {}
+    for block in re.split(r"\nrule ", "\n" + dry_run_output)[1:]:
+        if "wildcards: lot=" not in block:
+            continue
+        rule = block.split(":")[0]
+        lot = block.split("wildcards: lot=")[1].split()[0]
+        fields = dict(
+            f.split("=") for f in block.split("resources: ")[1].splitlines()[0].split(", ")
+        )
+        threads = re.search(r"threads: (\d+)", block)
+        asked[(rule, lot)] = {
+            "mem_mb": int(fields["mem_mb"]),
+            "runtime": int(fields["runtime"]),
+            "threads": int(threads.group(1)) if threads else 1,
+        }
+    return asked
 
 
 @pytest.fixture(scope="module")
@@ -357,12 +380,11 @@ def test_jobs_ask_for_memory_that_grows_with_the_lot(tmp_path, shared_data):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    asked = {}
-    for block in out.split("rule release:")[1:]:
-        lot = block.split("wildcards: lot=")[1].split()[0]
-        resources = block.split("resources: ")[1].splitlines()[0]
-        fields = dict(f.split("=") for f in resources.split(", "))
-        asked[lot] = (int(fields["mem_mb"]), int(fields["runtime"]))
+    asked = {
+        lot: (r["mem_mb"], r["runtime"])
+        for (rule, lot), r in requested_resources(out).items()
+        if rule == "release"
+    }
     assert asked["BIG"][0] > 1.4 * peak[50_000]  # measured 5,556 MB; asks 8,332
     assert peak[2_000] < asked["SMALL"][0] < 2_000  # measured 1,114 MB; asks 1,672
     # the product's 1,099 barcodes from its HDF5 header: 1.5 x (930 + 92.5 x 1.099) MB
