@@ -14,10 +14,12 @@ rules compared at alpha = 0.1:
   with too few cells;
 - ``union`` (the rule now): a label is in the set if either admits it.
 
-Reported per new donor (mean and worst over the four triples): coverage, mean set size, and
-the ECE of the calibrated top label (15 bins), with the calibration chosen among every
-candidate (now) and among those without the distance-aware temperature (before), and of the
-uncalibrated ensemble. This isolates the calibration and label-set step: the models saw four
+Reported per new donor (mean and worst over the four triples): accuracy, coverage, mean set
+size, and the ECE of the calibrated top label (15 bins), with the calibration chosen among
+every candidate (now, marker-detection stacking included) and among those without the
+marker-detection evidence (before), and of the uncalibrated ensemble. The label-set rules are
+compared on the calibration chosen now; the "before" coverage is the union rule's on the
+calibration chosen before. This isolates the calibration and label-set step: the models saw four
 patients, not three (``mapping_new_donors.py`` retrains per split).
 
 Run: ``python benchmarks/label_sets.py [--work-dir DIR] [--max-epochs E]``; the bundle is
@@ -88,7 +90,7 @@ def evaluate(pred: dict) -> dict:
 
     probs, y, donors = pred["probs"].astype(np.float64), pred["y"], pred["donors"].astype(str)
     probs /= probs.sum(axis=1, keepdims=True)
-    ratio = pred["oor_latent"]
+    ratio, markers = pred["oor_latent"], pred["marker_loglik"]
     rows = {}
     for new in np.unique(donors):
         others = [d for d in np.unique(donors) if d != new]
@@ -97,18 +99,31 @@ def evaluate(pred: dict) -> dict:
         for triple in itertools.combinations(others, 3):
             train = np.isin(donors, triple)
             cal = fit_across_donors(
+                probs[train],
+                y[train],
+                donors[train],
+                alpha=ALPHA,
+                latent_ratio=ratio[train],
+                marker_loglik=markers[train],
+            )
+            p = calibrate(probs[test], cal, latent_ratio=ratio[test], marker_loglik=markers[test])
+            # the candidates before the marker-detection evidence, for comparison
+            before = fit_across_donors(
                 probs[train], y[train], donors[train], alpha=ALPHA, latent_ratio=ratio[train]
             )
-            p = calibrate(probs[test], cal, latent_ratio=ratio[test])
-            # the candidates before the distance-aware temperature, for comparison
-            before = fit_across_donors(probs[train], y[train], donors[train], alpha=ALPHA)
+            p_before = calibrate(probs[test], before, latent_ratio=ratio[test])
+            sets_before = prediction_sets(p_before, before["conformal"])
             run = {
                 "ece": expected_calibration_error(p, y[test]),
+                "accuracy": float(np.mean(p.argmax(axis=1) == y[test])),
                 "method": cal["method"],
-                "ece_without_distance": expected_calibration_error(
-                    calibrate(probs[test], before), y[test]
+                "ece_without_markers": expected_calibration_error(p_before, y[test]),
+                "accuracy_without_markers": float(np.mean(p_before.argmax(axis=1) == y[test])),
+                "coverage_without_markers": float(
+                    sets_before[np.arange(test.sum()), y[test]].mean()
                 ),
                 "ece_uncalibrated": expected_calibration_error(probs[test], y[test]),
+                "accuracy_uncalibrated": float(np.mean(probs[test].argmax(axis=1) == y[test])),
             }
             for rule, thresholds in rule_thresholds(cal["conformal"]).items():
                 sets = prediction_sets(p, thresholds)
@@ -124,9 +139,16 @@ def evaluate(pred: dict) -> dict:
             "methods": sorted({r["method"] for r in runs}),
             **{
                 f"{k}_{stat}": float(f([r[k] for r in runs]))
-                for k in ("ece_without_distance", "ece_uncalibrated")
+                for k in ("ece_without_markers", "ece_uncalibrated")
                 for stat, f in (("mean", np.mean), ("worst", np.max))
             },
+            **{
+                f"{k}_mean": float(np.mean([r[k] for r in runs]))
+                for k in ("accuracy", "accuracy_without_markers", "accuracy_uncalibrated")
+            },
+            "coverage_without_markers_worst": float(
+                np.min([r["coverage_without_markers"] for r in runs])
+            ),
             **{
                 rule: {
                     "coverage_mean": float(np.mean([r[rule]["coverage"] for r in runs])),
@@ -140,14 +162,19 @@ def evaluate(pred: dict) -> dict:
 
 
 def print_table(rows: dict) -> None:
-    print("| donor (cells) | ECE uncalibrated | without distance | now (method chosen) |")
-    print("| --- | --- | --- | --- |")
+    print(
+        "| donor (cells) | accuracy: uncalibrated / without markers / now | ECE uncalibrated "
+        "| without markers | now (method chosen) | union coverage worst: without markers / now |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for d, r in rows.items():
         print(
-            f"| {d} ({r['n_cells']}) | {r['ece_uncalibrated_mean']:.3f} / "
-            f"{r['ece_uncalibrated_worst']:.3f} | {r['ece_without_distance_mean']:.3f} / "
-            f"{r['ece_without_distance_worst']:.3f} | {r['ece_mean']:.3f} / {r['ece_worst']:.3f}"
-            f" ({', '.join(r['methods'])}) |"
+            f"| {d} ({r['n_cells']}) | {r['accuracy_uncalibrated_mean']:.3f} / "
+            f"{r['accuracy_without_markers_mean']:.3f} / {r['accuracy_mean']:.3f} | "
+            f"{r['ece_uncalibrated_mean']:.3f} / {r['ece_uncalibrated_worst']:.3f} | "
+            f"{r['ece_without_markers_mean']:.3f} / {r['ece_without_markers_worst']:.3f} | "
+            f"{r['ece_mean']:.3f} / {r['ece_worst']:.3f} ({', '.join(r['methods'])}) | "
+            f"{r['coverage_without_markers_worst']:.3f} / {r['union']['coverage_worst']:.3f} |"
         )
     head = "| donor (cells) | ECE mean / worst | " + " | ".join(
         f"{r}: coverage mean / worst, size" for r in RULES
@@ -173,7 +200,10 @@ def main() -> None:
     start = time.perf_counter()
     bundle, built_now = build_bundle(work, args.max_epochs)
     built = time.perf_counter() - start if built_now else None
-    rows = evaluate(bundle.held_out_predictions())
+    pred = bundle.held_out_predictions()
+    if "marker_loglik" not in pred:
+        sys.exit(f"{bundle.path} predates stored marker evidence: use a new --work-dir.")
+    rows = evaluate(pred)
     print_table(rows)
     quoted = {d: r for d, r in rows.items() if r["n_cells"] >= 50}
     summary = {
@@ -185,7 +215,10 @@ def main() -> None:
     }
     summary["ece_worst_donor"] = max(r["ece_worst"] for r in quoted.values())
     summary["ece_mean_donor"] = float(np.mean([r["ece_mean"] for r in quoted.values()]))
-    for k in ("ece_without_distance", "ece_uncalibrated"):
+    summary["coverage_without_markers_worst_donor"] = min(
+        r["coverage_without_markers_worst"] for r in quoted.values()
+    )
+    for k in ("ece_without_markers", "ece_uncalibrated"):
         summary[f"{k}_worst_donor"] = max(r[f"{k}_worst"] for r in quoted.values())
         summary[f"{k}_mean_donor"] = float(np.mean([r[f"{k}_mean"] for r in quoted.values()]))
     print("donors with >= 50 cells:", summary)

@@ -11,6 +11,7 @@ from ._manifests import (
     manifest_path,
     validate_manifest,
 )
+from ._marker_evidence import lot_marker_loglik
 from ._model import accelerator
 from ._novelty import AMBIENT_LOAD_LIMIT, ambient_load, expression_excess, local_outlier_ratio
 from ._novelty import combine as combine_oor
@@ -48,6 +49,7 @@ __all__ = [
     "ambient_load",
     "AMBIENT_LOAD_LIMIT",
     "local_outlier_ratio",
+    "lot_marker_loglik",
     "query_bundle",
     "QueryResult",
     "UNLABELED",

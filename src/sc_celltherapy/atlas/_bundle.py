@@ -19,6 +19,7 @@ from .._provenance import versions
 from ..io import guess_species
 from . import _model
 from ._calibration import ALPHA, fit_across_donors
+from ._marker_evidence import cross_fitted_evidence, reorder_labels
 from ._novelty import (
     OOR_K,
     OOR_QUANTILE,
@@ -79,7 +80,8 @@ def build(
     fold's cells mapped onto them by scArches surgery, as a lot would be, so every reference
     cell is predicted by models that never saw its donor. On these out-of-fold predictions the
     bundle chooses its calibration (none, temperature, vector or distance-aware temperature
-    scaling, by nested donor cross-validation), fits the conformal label sets (least
+    scaling, or stacking with marker-detection evidence cross-fitted on the same folds, see
+    :mod:`._marker_evidence`; by nested donor cross-validation), fits the conformal label sets (least
     ambiguous sets at ``alpha``), and fits the out-of-reference threshold (split-conformal
     99% quantile of the combined latent and expression evidence, see :mod:`._novelty`). Per donor it stores the
     ECE, the label sets' coverage and their size, each measured on a donor left out of both
@@ -175,6 +177,9 @@ def build(
             oof["expression"][held_mask] = expression_excess(counts[held_mask], levels)
             known[held_mask] = np.isin(truth[held_mask], fold_labels)
     held_any = np.any(folds, axis=0)
+    # marker-detection evidence, cross-fitted like the models (see _marker_evidence)
+    y_all = np.array([all_labels.index(t) for t in truth])
+    oof_markers, evidence = cross_fitted_evidence(ref, y_all, donors, folds, len(all_labels))
 
     with timed(f"training {n_members} scVI + scANVI model(s) on all {ref.n_obs} reference cells"):
         models = [_model.train_scanvi(ref, **train_kwargs, seed=s) for s in seeds]
@@ -190,6 +195,8 @@ def build(
     probs = oof_probs[:, [all_labels.index(lab) for lab in labels]][cells]
     probs /= probs.sum(axis=1, keepdims=True)
     y = np.array([labels.index(t) for t in truth[cells]])
+    order = [all_labels.index(lab) for lab in labels]
+    marker_ll = oof_markers[:, order][cells]
     calibration = fit_across_donors(
         probs,
         y,
@@ -197,7 +204,9 @@ def build(
         alpha=alpha,
         groups=[hierarchy.get(lab) for lab in labels],
         latent_ratio=oof["latent"][cells],
+        marker_loglik=marker_ll,
     )
+    calibration["marker_evidence"] = reorder_labels(evidence, order)
     n_batches = ref.obs[batch_key].nunique() if batch_key is not None else 1
     calibration["across_donors"] = n_batches >= 2
     calibration["folds"] = {
@@ -278,6 +287,7 @@ def build(
         "y": y,
         "donors": donors[cells].astype(str),
         **{f"oor_{c}": v[cells] for c, v in oof.items()},
+        "marker_loglik": marker_ll.astype(np.float32),
     }
     return write_bundle(
         out_dir, models, ref_latent, ref_labels, spacing, levels, held_out, manifest

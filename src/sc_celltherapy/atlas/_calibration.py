@@ -49,7 +49,7 @@ def donor_weights(donors: np.ndarray) -> np.ndarray:
     return 1.0 / counts[inverse]
 
 
-def _fit_temperature(probs: np.ndarray, y: np.ndarray, w=None, latent_ratio=None) -> dict:
+def _fit_temperature(probs: np.ndarray, y: np.ndarray, w=None, **_) -> dict:
     from scipy.optimize import minimize_scalar
 
     res = minimize_scalar(
@@ -64,7 +64,7 @@ def _vector_logits(probs: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> 
     return np.log(np.clip(probs, 1e-12, 1)) * weights + bias
 
 
-def _fit_vector(probs: np.ndarray, y: np.ndarray, w=None, latent_ratio=None) -> dict:
+def _fit_vector(probs: np.ndarray, y: np.ndarray, w=None, **_) -> dict:
     """Vector scaling (Guo et al. 2017): a weight and a bias per class on the log-probabilities,
     L2-shrunk towards plain temperature scaling so that a class with few calibration cells
     stays near the common temperature."""
@@ -99,7 +99,7 @@ def distance_temperatures(params: dict, latent_ratio: np.ndarray) -> np.ndarray:
     return np.exp(params["log_t0"] + params["slope"] * np.log(ratio))
 
 
-def _fit_distance_temperature(probs, y, w=None, latent_ratio=None) -> dict:
+def _fit_distance_temperature(probs, y, w=None, latent_ratio=None, **_) -> dict:
     """Distance-aware temperature scaling: the further a cell lies from the reference's cells
     in the latent space (its local outlier ratio, the out-of-reference evidence), the flatter
     its probabilities. A donor unlike the reference donors shows as cells between or beside
@@ -120,10 +120,31 @@ def _fit_distance_temperature(probs, y, w=None, latent_ratio=None) -> dict:
     return {"log_t0": float(res.x[0]), "slope": float(res.x[1])}
 
 
-def _fit_none(probs: np.ndarray, y: np.ndarray, w=None, latent_ratio=None) -> dict:
+def _fit_none(probs: np.ndarray, y: np.ndarray, w=None, **_) -> dict:
     """The ensemble's own probabilities: kept when no scaling does better on held-out donors
     (a temperature fitted on some donors can spoil a well-calibrated new one)."""
     return {}
+
+
+def _stacked_logits(probs, marker_loglik, params: dict) -> np.ndarray:
+    logp = np.log(np.clip(probs, 1e-12, 1))
+    return params["model_weight"] * logp + params["marker_weight"] * marker_loglik
+
+
+def _fit_marker_stacking(probs, y, w=None, marker_loglik=None, **_) -> dict:
+    """Stacking of the model's log-probabilities with the marker-detection log-likelihoods
+    (:mod:`._marker_evidence`): ``softmax(a log p + b L)``, ``a, b >= 0`` fitted by donor-
+    weighted NLL. ``a`` acts as an inverse temperature; ``b`` says how far the detection of
+    the reference's marker genes is to be trusted beside the model (0: not at all)."""
+    from scipy.optimize import minimize
+
+    def nll(theta):
+        params = {"model_weight": theta[0], "marker_weight": theta[1]}
+        return _nll(_softmax(_stacked_logits(probs, marker_loglik, params)), y, w)
+
+    t0 = _fit_temperature(probs, y, w)["temperature"]
+    res = minimize(nll, [1 / t0, 0.0], method="L-BFGS-B", bounds=[(0, 20), (0, 5)])
+    return {"model_weight": float(res.x[0]), "marker_weight": float(res.x[1])}
 
 
 FITTERS = {
@@ -131,12 +152,17 @@ FITTERS = {
     "temperature scaling": _fit_temperature,
     "vector scaling": _fit_vector,
     "distance-aware temperature scaling": _fit_distance_temperature,
+    "marker-detection stacking": _fit_marker_stacking,
 }
-# methods that need each cell's latent local outlier ratio (fitted and applied alike)
+# methods that need each cell's latent local outlier ratio or marker-detection evidence
+# (fitted and applied alike)
 NEEDS_DISTANCE = {"distance-aware temperature scaling"}
+NEEDS_MARKERS = {"marker-detection stacking"}
 
 
-def calibrate(probs: np.ndarray, calibration: dict, *, latent_ratio=None) -> np.ndarray:
+def calibrate(
+    probs: np.ndarray, calibration: dict, *, latent_ratio=None, marker_loglik=None
+) -> np.ndarray:
     """Apply a bundle's fitted calibration to label probabilities.
 
     Parameters
@@ -148,6 +174,9 @@ def calibrate(probs: np.ndarray, calibration: dict, *, latent_ratio=None) -> np.
     latent_ratio
         Each cell's latent local outlier ratio (``obs["sct_ref_oor_latent"]``); needed by
         distance-aware temperature scaling, ignored by the other methods.
+    marker_loglik
+        Each cell's marker-detection log-likelihood per label (cells x labels, from the
+        bundle's ``marker_evidence``); needed by marker-detection stacking.
 
     Returns
     -------
@@ -166,6 +195,11 @@ def calibrate(probs: np.ndarray, calibration: dict, *, latent_ratio=None) -> np.
             msg = "Distance-aware calibration needs each cell's latent_ratio; none was given."
             raise InputError(msg)
         return apply_temperature(probs, distance_temperatures(params, latent_ratio)[:, None])
+    if method == "marker-detection stacking":
+        if marker_loglik is None:
+            msg = "Marker-detection stacking needs each cell's marker_loglik; none was given."
+            raise InputError(msg)
+        return _softmax(_stacked_logits(probs, np.asarray(marker_loglik), params))
     msg = f"Unknown calibration method {method!r} in the bundle; rebuild it with this version."
     raise InputError(msg)
 
@@ -311,6 +345,7 @@ def fit_across_donors(
     alpha: float = ALPHA,
     groups: list | None = None,
     latent_ratio: np.ndarray | None = None,
+    marker_loglik: np.ndarray | None = None,
 ) -> dict:
     """Choose, fit and measure the calibration and the conformal label sets.
 
@@ -324,7 +359,9 @@ def fit_across_donors(
     Per donor the stored ECE, coverage and set size come from a calibration and thresholds
     fitted without that donor; with ``groups`` (each column's coarse label), also the ECE of
     the summed coarse probabilities. With ``latent_ratio`` (each cell's out-of-fold latent
-    local outlier ratio) distance-aware temperature scaling is among the candidates.
+    local outlier ratio) distance-aware temperature scaling is among the candidates, and with
+    ``marker_loglik`` (each cell's out-of-fold marker-detection log-likelihoods, cells x
+    labels) marker-detection stacking.
     """
     donors = np.asarray(donors).astype(str)
     names = np.unique(donors)
@@ -332,16 +369,25 @@ def fit_across_donors(
         msg = "Cross-donor calibration needs predictions of at least two donors (or folds)."
         raise InputError(msg)
     weights = donor_weights(donors)
-    ratio = None if latent_ratio is None else np.asarray(latent_ratio, dtype=float)
-    fitters = {m: f for m, f in FITTERS.items() if ratio is not None or m not in NEEDS_DISTANCE}
+    covariates = {
+        "latent_ratio": None if latent_ratio is None else np.asarray(latent_ratio, dtype=float),
+        "marker_loglik": None if marker_loglik is None else np.asarray(marker_loglik, float),
+    }
+    fitters = {
+        m: f
+        for m, f in FITTERS.items()
+        if (covariates["latent_ratio"] is not None or m not in NEEDS_DISTANCE)
+        and (covariates["marker_loglik"] is not None or m not in NEEDS_MARKERS)
+    }
     nested = {m: np.empty_like(probs) for m in fitters}
     for d in names:
         out = donors == d
+        inside = {k: None if v is None else v[~out] for k, v in covariates.items()}
+        outside = {k: None if v is None else v[out] for k, v in covariates.items()}
         for method, fitter in fitters.items():
-            r_in, r_out = (None, None) if ratio is None else (ratio[~out], ratio[out])
-            params = fitter(probs[~out], y[~out], weights[~out], latent_ratio=r_in)
+            params = fitter(probs[~out], y[~out], weights[~out], **inside)
             nested[method][out] = calibrate(
-                probs[out], {"method": method, "params": params}, latent_ratio=r_out
+                probs[out], {"method": method, "params": params}, **outside
             )
     nll = {m: _nll(p, y, weights) for m, p in nested.items()}
     method = min(nll, key=nll.get)
@@ -377,7 +423,7 @@ def fit_across_donors(
     }
     return {
         "method": method,
-        "params": fitters[method](probs, y, weights, latent_ratio=ratio),
+        "params": fitters[method](probs, y, weights, **covariates),
         "donor_weighting": "equal (each donor's cells weigh 1 / its cell count)",
         "nested_nll": nll,
         "ece_uncalibrated": expected_calibration_error(probs, y),

@@ -99,7 +99,9 @@ class ReferenceBundle:
     def held_out_predictions(self) -> dict[str, np.ndarray]:
         """The out-of-fold predictions the bundle's calibration, label sets and out-of-reference
         threshold were fitted on: ``probs`` (uncalibrated, columns in label order), ``y`` (true
-        label's column), ``donors``, and the OOR components ``oor_latent``, ``oor_expression``.
+        label's column), ``donors``, the OOR components ``oor_latent``, ``oor_expression``,
+        and ``marker_loglik`` (marker-detection log-likelihoods, cells x labels; bundles built
+        since pbmc_demo 1.8).
         With them a calibration method can be re-fitted and compared without retraining."""
         path = self.path / HELD_OUT_PREDICTIONS
         if not path.is_file():

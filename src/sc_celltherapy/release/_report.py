@@ -289,11 +289,18 @@ def _reliability_rows(cal: dict) -> list[tuple[str, str]]:
     )
     sets = cal["label_sets"]
     oor = cal["out_of_reference"]
+    markers = cal.get("marker_evidence", {})
+    read = (
+        f" (model log-probabilities x {markers['weights']['model_weight']:.2f} + detection of "
+        f"{', '.join(markers['genes'])} x {markers['weights']['marker_weight']:.2f})"
+        if markers.get("weights")
+        else ""
+    )
     return [
         (
             f"reference calibration error ({where})",
             f"worst donor {cal['ece_worst_donor']:.3f} ({cal['worst_donor']}), "
-            f"mean {cal['ece_mean_donor']:.3f}; {cal['method']}",
+            f"mean {cal['ece_mean_donor']:.3f}; {cal['method']}{read}",
         ),
         (
             f"label sets ({sets['method']}, alpha {sets['alpha']})",

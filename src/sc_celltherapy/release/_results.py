@@ -176,6 +176,11 @@ def _reliability(manifest: Mapping) -> dict[str, Any]:
         "ece_mean_donor": cal["ece_mean_donor"],
         "worst_donor": cal["worst_donor"],
         "per_donor": cal["per_donor"],
+        # the marker genes whose detection the calibration reads, and their weight (stacking)
+        "marker_evidence": {
+            "genes": (cal.get("marker_evidence") or {}).get("genes", []),
+            "weights": cal["params"] if cal["method"] == "marker-detection stacking" else {},
+        },
         "label_sets": {
             k: cal["conformal"][k]
             for k in ("method", "alpha", "coverage_worst_donor", "mean_set_size")
@@ -202,6 +207,9 @@ def _mapping_record(adata) -> dict[str, Any] | None:
         "surgery_trained": ref["surgery_trained"],
         "surgery_epochs": ref["max_epochs"],
         "composition": ref.get("composition"),
+        "marker_genes_lacking": list(ref["calibration"]["marker_evidence"]["lacking_in_lot"])
+        if "marker_evidence" in ref["calibration"]
+        else [],
         "set_levels": adata.obs["sct_ref_set_level"].value_counts().astype(int).to_dict()
         if "sct_ref_set_level" in adata.obs
         else None,

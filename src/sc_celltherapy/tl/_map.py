@@ -91,6 +91,7 @@ def map_to_reference(
         calibrate,
         combine_oor,
         load,
+        lot_marker_loglik,
         prediction_sets,
         query_bundle,
     )
@@ -109,7 +110,11 @@ def map_to_reference(
     oor = manifest["oor"]
     mapped = query_bundle(bundle, query, train=bool(new_batches), max_epochs=max_epochs, seed=seed)
     calibration = manifest["calibration"]
-    probs = calibrate(mapped.probs, calibration, latent_ratio=mapped.latent_ratio)
+    evidence = calibration.get("marker_evidence")
+    marker_ll = None if evidence is None else lot_marker_loglik(evidence, query.X, query_cols >= 0)
+    probs = calibrate(
+        mapped.probs, calibration, latent_ratio=mapped.latent_ratio, marker_loglik=marker_ll
+    )
     sets = prediction_sets(probs, calibration["conformal"])
     best = probs.argmax(axis=1)
     excess, load = _expression_excess(adata, layer, bundle)
@@ -159,6 +164,7 @@ def map_to_reference(
                     d: {k: r[k] for k in ("n_cells", "ece", "reliability") if k in r}
                     for d, r in calibration["per_donor"].items()
                 },
+                "marker_evidence": _marker_record(calibration, ref_genes, query_cols),
             },
             "label_sets": {
                 "method": calibration["conformal"]["method"],
@@ -203,6 +209,29 @@ def map_to_reference(
         )
         warnings.warn(msg, MappingWarning, stacklevel=2)
     logger.info("mapped %d cells; %d unassigned", adata.n_obs, int(unassigned.sum()))
+
+
+def _marker_record(calibration: dict, ref_genes, query_cols) -> dict:
+    """Which marker genes the calibration read, which the lot lacks, and their weight; a
+    lacking marker that the chosen calibration reads is warned about."""
+    evidence = calibration.get("marker_evidence") or {"genes": [], "columns": []}
+    lacking = [
+        g for g, c in zip(evidence["genes"], evidence["columns"], strict=True) if query_cols[c] < 0
+    ]
+    used = calibration["method"] == "marker-detection stacking"
+    if used and lacking:
+        msg = (
+            f"The lot lacks marker genes {lacking} whose detection the bundle's calibration "
+            "reads; those genes are left out of the evidence and calls that rest on them are "
+            "weakened. Check the gene names or the assay's gene panel."
+        )
+        warnings.warn(msg, MappingWarning, stacklevel=3)
+    return {
+        "genes": list(evidence["genes"]),
+        "lacking_in_lot": lacking,
+        "used": used,
+        "weights": dict(calibration["params"]) if used else {},
+    }
 
 
 def _composition_check(probs: np.ndarray, composition: dict | None) -> dict:
