@@ -98,3 +98,33 @@ def test_label_sets_and_coarse_calls_on_the_real_product(mapped_product):
     levels = obs["sct_ref_set_level"].value_counts().to_dict()
     assert levels == {"fine": 224, "coarse": 510, "mixed": 0}
     assert int(is_t.sum()) == 704
+
+
+def test_a_lacking_marker_gene_is_recorded_and_warned_when_the_calibration_reads_it():
+    from sc_celltherapy.tl._map import _marker_record
+
+    evidence = {"genes": ["CD8A", "CD4"], "columns": [3, 7]}
+    query_cols = np.arange(10)
+    query_cols[7] = -1  # the lot lacks CD4
+    stacking = {
+        "method": "marker-detection stacking",
+        "params": {"model_weight": 0.9, "marker_weight": 1.3},
+        "marker_evidence": evidence,
+    }
+    with pytest.warns(MappingWarning, match=r"lacks marker genes \['CD4'\]"):
+        rec = _marker_record(stacking, query_cols)
+    assert rec == {
+        "genes": ["CD8A", "CD4"],
+        "lacking_in_lot": ["CD4"],
+        "used": True,
+        "weights": {"model_weight": 0.9, "marker_weight": 1.3},
+    }
+    # a calibration that does not read the genes records them, and says nothing
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec = _marker_record(
+            {"method": "vector scaling", "params": {}, "marker_evidence": evidence}, query_cols
+        )
+    assert rec["lacking_in_lot"] == ["CD4"] and not rec["used"] and rec["weights"] == {}

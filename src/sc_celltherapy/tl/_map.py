@@ -164,7 +164,7 @@ def map_to_reference(
                     d: {k: r[k] for k in ("n_cells", "ece", "reliability") if k in r}
                     for d, r in calibration["per_donor"].items()
                 },
-                "marker_evidence": _marker_record(calibration, ref_genes, query_cols),
+                "marker_evidence": _marker_record(calibration, query_cols),
             },
             "label_sets": {
                 "method": calibration["conformal"]["method"],
@@ -211,7 +211,7 @@ def map_to_reference(
     logger.info("mapped %d cells; %d unassigned", adata.n_obs, int(unassigned.sum()))
 
 
-def _marker_record(calibration: dict, ref_genes, query_cols) -> dict:
+def _marker_record(calibration: dict, query_cols: np.ndarray) -> dict:
     """Which marker genes the calibration read, which the lot lacks, and their weight; a
     lacking marker that the chosen calibration reads is warned about."""
     evidence = calibration.get("marker_evidence") or {"genes": [], "columns": []}
