@@ -189,12 +189,12 @@ def reference_depth(counts) -> np.ndarray:
     return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
 
 
-def out_of_fold_loglik(counts, y, donors, folds, n_labels: int, genes) -> np.ndarray:
+def out_of_fold_loglik(counts, y, donors, folds, n_labels: int, genes, depth=None) -> np.ndarray:
     """Marker-detection log-likelihoods of every held-out cell from evidence fitted on the
     other folds' cells (the same cross-fitting as the calibration models): cells x labels,
     zeros for cells in no fold."""
     counts = sp.csr_matrix(counts)
-    depth = reference_depth(counts)
+    depth = reference_depth(counts) if depth is None else depth
     out = np.zeros((counts.shape[0], n_labels))
     for held in folds:
         evidence = fit_marker_evidence(
@@ -209,8 +209,9 @@ def cross_fitted_evidence(ref, y, donors, folds, n_labels: int) -> tuple[np.ndar
     log-likelihoods of its held-out cells and the evidence fitted on all its cells."""
     genes = list(map(str, ref.var_names))
     counts = sp.csr_matrix(ref.X)
-    held_out = out_of_fold_loglik(counts, y, donors, folds, n_labels, genes)
-    evidence = fit_marker_evidence(counts, reference_depth(counts), y, donors, n_labels, genes)
+    depth = reference_depth(counts)
+    held_out = out_of_fold_loglik(counts, y, donors, folds, n_labels, genes, depth)
+    evidence = fit_marker_evidence(counts, depth, y, donors, n_labels, genes)
     return held_out, evidence
 
 

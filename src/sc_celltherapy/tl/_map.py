@@ -110,8 +110,12 @@ def map_to_reference(
     oor = manifest["oor"]
     mapped = query_bundle(bundle, query, train=bool(new_batches), max_epochs=max_epochs, seed=seed)
     calibration = manifest["calibration"]
-    evidence = calibration.get("marker_evidence")
-    marker_ll = None if evidence is None else lot_marker_loglik(evidence, query.X, query_cols >= 0)
+    # only the stacking reads the lot's marker detection
+    marker_ll = (
+        lot_marker_loglik(calibration["marker_evidence"], query.X, query_cols >= 0)
+        if calibration["method"] == "marker-detection stacking"
+        else None
+    )
     probs = calibrate(
         mapped.probs, calibration, latent_ratio=mapped.latent_ratio, marker_loglik=marker_ll
     )
