@@ -290,10 +290,13 @@ def _reliability_rows(cal: dict) -> list[tuple[str, str]]:
     sets = cal["label_sets"]
     oor = cal["out_of_reference"]
     markers = cal.get("marker_evidence", {})
+    weights = markers.get("weights") or {}
+    slope = weights.get("distance_slope", 0.0)  # absent before pbmc_demo 1.9
     read = (
-        f" (model log-probabilities x {markers['weights']['model_weight']:.2f} + detection of "
-        f"{', '.join(markers['genes'])} x {markers['weights']['marker_weight']:.2f})"
-        if markers.get("weights")
+        f" (model log-probabilities x {weights['model_weight']:.2f}"
+        + (f" / latent outlier ratio ^ {slope:.2f}" if slope else "")
+        + f" + detection of {', '.join(markers['genes'])} x {weights['marker_weight']:.2f})"
+        if weights
         else ""
     )
     return [

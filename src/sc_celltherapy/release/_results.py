@@ -179,7 +179,7 @@ def _reliability(manifest: Mapping) -> dict[str, Any]:
         # the marker genes whose detection the calibration reads, and their weight (stacking)
         "marker_evidence": {
             "genes": (cal.get("marker_evidence") or {}).get("genes", []),
-            "weights": cal["params"] if cal["method"] == "marker-detection stacking" else {},
+            "weights": cal["params"] if "marker_weight" in cal["params"] else {},
         },
         "label_sets": {
             k: cal["conformal"][k]

@@ -95,6 +95,7 @@ def map_to_reference(
         prediction_sets,
         query_bundle,
     )
+    from ..atlas._calibration import NEEDS_MARKERS
 
     check_lot(adata, layer=layer, batch_key=batch_key)
     bundle = load(reference)
@@ -113,7 +114,7 @@ def map_to_reference(
     # only the stacking reads the lot's marker detection
     marker_ll = (
         lot_marker_loglik(calibration["marker_evidence"], query.X, query_cols >= 0)
-        if calibration["method"] == "marker-detection stacking"
+        if calibration["method"] in NEEDS_MARKERS
         else None
     )
     probs = calibrate(
@@ -222,7 +223,9 @@ def _marker_record(calibration: dict, query_cols: np.ndarray) -> dict:
     lacking = [
         g for g, c in zip(evidence["genes"], evidence["columns"], strict=True) if query_cols[c] < 0
     ]
-    used = calibration["method"] == "marker-detection stacking"
+    from ..atlas._calibration import NEEDS_MARKERS
+
+    used = calibration["method"] in NEEDS_MARKERS
     if used and lacking:
         msg = (
             f"The lot lacks marker genes {lacking} whose detection the bundle's calibration "
