@@ -291,7 +291,7 @@ def _reliability_rows(cal: dict) -> list[tuple[str, str]]:
     oor = cal["out_of_reference"]
     markers = cal.get("marker_evidence", {})
     weights = markers.get("weights") or {}
-    slope = weights.get("distance_slope", 0.0)  # absent before pbmc_demo 1.9
+    slope = weights.get("distance_slope", 0.0)  # the distance-aware stacking's only
     read = (
         f" (model log-probabilities x {weights['model_weight']:.2f}"
         + (f" / latent outlier ratio ^ {slope:.2f}" if slope else "")
