@@ -128,3 +128,10 @@ def test_a_lacking_marker_gene_is_recorded_and_warned_when_the_calibration_reads
             {"method": "vector scaling", "params": {}, "marker_evidence": evidence}, query_cols
         )
     assert rec["lacking_in_lot"] == ["CD4"] and not rec["used"] and rec["weights"] == {}
+    # the distance-aware stacking reads them too
+    distance = stacking | {
+        "method": "distance-aware marker stacking",
+        "params": {"model_weight": 0.8, "marker_weight": 1.2, "distance_slope": 2.3},
+    }
+    with pytest.warns(MappingWarning, match=r"lacks marker genes \['CD4'\]"):
+        assert _marker_record(distance, query_cols)["used"]

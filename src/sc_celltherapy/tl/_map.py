@@ -95,7 +95,6 @@ def map_to_reference(
         prediction_sets,
         query_bundle,
     )
-    from ..atlas._calibration import NEEDS_MARKERS
 
     check_lot(adata, layer=layer, batch_key=batch_key)
     bundle = load(reference)
@@ -111,10 +110,10 @@ def map_to_reference(
     oor = manifest["oor"]
     mapped = query_bundle(bundle, query, train=bool(new_batches), max_epochs=max_epochs, seed=seed)
     calibration = manifest["calibration"]
-    # only the stacking reads the lot's marker detection
+    # only a stacking (a calibration with a marker weight) reads the lot's marker detection
     marker_ll = (
         lot_marker_loglik(calibration["marker_evidence"], query.X, query_cols >= 0)
-        if calibration["method"] in NEEDS_MARKERS
+        if "marker_weight" in calibration["params"]
         else None
     )
     probs = calibrate(
@@ -223,9 +222,7 @@ def _marker_record(calibration: dict, query_cols: np.ndarray) -> dict:
     lacking = [
         g for g, c in zip(evidence["genes"], evidence["columns"], strict=True) if query_cols[c] < 0
     ]
-    from ..atlas._calibration import NEEDS_MARKERS
-
-    used = calibration["method"] in NEEDS_MARKERS
+    used = "marker_weight" in calibration["params"]
     if used and lacking:
         msg = (
             f"The lot lacks marker genes {lacking} whose detection the bundle's calibration "
