@@ -1,7 +1,7 @@
 """Reference atlases: locked, hash-verified scANVI bundles, and the manifests that describe them."""
 
 from ._bundle import UNLABELED, build
-from ._calibration import calibrate, coarse_probs, prediction_sets
+from ._calibration import calibrate, coarse_probs, prediction_sets, reads_markers
 from ._download import FetchError, HashMismatchError, fetch
 from ._manifests import (
     ManifestError,
@@ -44,6 +44,7 @@ __all__ = [
     "calibrate",
     "coarse_probs",
     "prediction_sets",
+    "reads_markers",
     "combine_oor",
     "expression_excess",
     "ambient_load",

@@ -185,6 +185,12 @@ NEEDS_DISTANCE = {"distance-aware temperature scaling", "distance-aware marker s
 NEEDS_MARKERS = {"marker-detection stacking", "distance-aware marker stacking"}
 
 
+def reads_markers(calibration: dict) -> bool:
+    """Whether a bundle's calibration (``manifest["calibration"]``) reads the lot's detection
+    of the bundle's marker genes (one of the marker stackings)."""
+    return calibration["method"] in NEEDS_MARKERS
+
+
 def calibrate(
     probs: np.ndarray, calibration: dict, *, latent_ratio=None, marker_loglik=None
 ) -> np.ndarray:

@@ -168,6 +168,8 @@ def identity_record(adata, bundle) -> dict[str, Any]:
 def _reliability(manifest: Mapping) -> dict[str, Any]:
     """What the bundle measured of its own reliability, on donors left out of its models and
     of its calibration (within one donor when it has a single batch)."""
+    from ..atlas import reads_markers
+
     cal, oor = manifest["calibration"], manifest["oor"]
     return {
         "method": cal["method"],
@@ -179,7 +181,7 @@ def _reliability(manifest: Mapping) -> dict[str, Any]:
         # the marker genes whose detection the calibration reads, and their weight (stacking)
         "marker_evidence": {
             "genes": (cal.get("marker_evidence") or {}).get("genes", []),
-            "weights": cal["params"] if "marker_weight" in cal["params"] else {},
+            "weights": cal["params"] if reads_markers(cal) else {},
         },
         "label_sets": {
             k: cal["conformal"][k]

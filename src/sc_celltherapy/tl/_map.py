@@ -94,6 +94,7 @@ def map_to_reference(
         lot_marker_loglik,
         prediction_sets,
         query_bundle,
+        reads_markers,
     )
 
     check_lot(adata, layer=layer, batch_key=batch_key)
@@ -110,10 +111,10 @@ def map_to_reference(
     oor = manifest["oor"]
     mapped = query_bundle(bundle, query, train=bool(new_batches), max_epochs=max_epochs, seed=seed)
     calibration = manifest["calibration"]
-    # only a stacking (a calibration with a marker weight) reads the lot's marker detection
+    # only the stackings read the lot's marker detection
     marker_ll = (
         lot_marker_loglik(calibration["marker_evidence"], query.X, query_cols >= 0)
-        if "marker_weight" in calibration["params"]
+        if reads_markers(calibration)
         else None
     )
     probs = calibrate(
@@ -218,11 +219,13 @@ def map_to_reference(
 def _marker_record(calibration: dict, query_cols: np.ndarray) -> dict:
     """Which marker genes the calibration read, which the lot lacks, and their weight; a
     lacking marker that the chosen calibration reads is warned about."""
+    from ..atlas import reads_markers
+
     evidence = calibration.get("marker_evidence") or {"genes": [], "columns": []}
     lacking = [
         g for g, c in zip(evidence["genes"], evidence["columns"], strict=True) if query_cols[c] < 0
     ]
-    used = "marker_weight" in calibration["params"]
+    used = reads_markers(calibration)
     if used and lacking:
         msg = (
             f"The lot lacks marker genes {lacking} whose detection the bundle's calibration "
