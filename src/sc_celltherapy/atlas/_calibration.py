@@ -186,8 +186,14 @@ NEEDS_MARKERS = {"marker-detection stacking", "distance-aware marker stacking"}
 
 
 def reads_markers(calibration: dict) -> bool:
-    """Whether a bundle's calibration (``manifest["calibration"]``) reads the lot's detection
-    of the bundle's marker genes (one of the marker stackings)."""
+    """Whether a bundle's calibration reads the lot's detection of the bundle's marker genes
+    (one of the marker stackings).
+
+    Parameters
+    ----------
+    calibration
+        The bundle's ``manifest["calibration"]``.
+    """
     return calibration["method"] in NEEDS_MARKERS
 
 
