@@ -10,7 +10,10 @@ twice: (P01, P02), (P02, P03), (P03, P06), (P06, P13), (P13, P01).
 
 Reported per test donor (pooled over the two times it is tested): accuracy, macro-F1, ECE of
 the confidence each method reports for its call (15 bins), and for sc_celltherapy the label
-sets' coverage at alpha = 0.1 and their mean size. Foreign lineages: the unsorted P01 marrow
+sets' coverage at alpha = 0.1 and their mean size. A split's reference can lack a donor's
+label (P03's ``CD4 CTL`` is in no other patient but P01): the ECE is also given over the cells
+whose label the reference holds, and for sc_celltherapy the share of the other cells called
+unassigned (the right call for a state the reference lacks). Foreign lineages: the unsorted P01 marrow
 and P02 blood samples are mapped onto each split's bundle; the AUROC of the out-of-reference
 score for marker-defined myeloid / erythroid / B cells against marker-defined T cells (as
 ``mapping.py`` defines them), the share of foreign cells unassigned and of T cells unassigned at
@@ -104,8 +107,12 @@ def donor_metrics(pred: dict, truth: np.ndarray) -> dict:
         ),
         "ece": calibration_error(conf, correct),
     }
+    known = np.isin(truth, labels)  # a label the split's reference lacks cannot be called
+    row |= {
+        "unknown_label_share": float(1 - known.mean()),
+        "ece_known_labels": calibration_error(conf[known], correct[known]),
+    }
     if "sets" in pred:
-        known = np.isin(truth, labels)  # a label the split's reference lacks cannot be covered
         cols = np.array([labels.index(t) if t in labels else 0 for t in truth])
         covered = pred["sets"][np.arange(truth.size), cols] & known
         row |= {
@@ -113,6 +120,12 @@ def donor_metrics(pred: dict, truth: np.ndarray) -> dict:
             "coverage_known_labels": float(covered[known].mean()),
             "mean_set_size": float(pred["sets"].sum(axis=1).mean()),
         }
+    if "unassigned" in pred:
+        # a cell whose state the reference lacks is rightly unassigned; one it holds is not
+        unassigned = pred["unassigned"].astype(bool)
+        row["unassigned_known_labels"] = float(unassigned[known].mean())
+        if not known.all():
+            row["unassigned_unknown_labels"] = float(unassigned[~known].mean())
     return row
 
 
@@ -172,21 +185,31 @@ def main() -> None:
                     fr = run(m, tag, f, work, args)
                     foreign[m][f].append(foreign_metrics(fr["predictions"], ftruth))
 
-    def mean_rows(rows: list[dict]) -> dict:
-        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    def mean_rows(rows: list[dict]) -> dict:  # a key some rows lack: the mean of those that have it
+        keys = dict.fromkeys(k for r in rows for k in r)
+        return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
     table = {m: {p: mean_rows(rows) for p, rows in sorted(per_donor[m].items())} for m in METHODS}
     foreign_table = {m: {f: mean_rows(rows) for f, rows in foreign[m].items()} for m in METHODS}
     names = {"sct": "sc_celltherapy", "scanvi": "plain scANVI", "celltypist": "CellTypist"}
     print(f"\nnew donors: train 3 patients, test 2; {len(splits)} splits, seed {SEED}")
-    header = f"{'method':<15} {'donor':<6} {'acc':>6} {'F1':>6} {'ECE':>6} {'cover':>6} {'size':>5}"
+    header = (
+        f"{'method':<15} {'donor':<6} {'acc':>6} {'F1':>6} {'ECE':>6} {'ECE kn':>6} "
+        f"{'unkn':>5} {'cover':>6} {'size':>5} {'unas kn':>7} {'unas unkn':>9}"
+    )
     print(header + "\n" + "-" * len(header))
     for m in METHODS:
         for p, r in table[m].items():
             cov = f"{r['coverage']:6.3f} {r['mean_set_size']:5.2f}" if "coverage" in r else ""
+            unas = (
+                f" {r['unassigned_known_labels']:7.3f} {r.get('unassigned_unknown_labels', np.nan):9.3f}"
+                if "unassigned_known_labels" in r
+                else ""
+            )
             print(
                 f"{names[m]:<15} {p:<6} {r['accuracy']:6.3f} {r['macro_f1']:6.3f} "
-                f"{r['ece']:6.3f} {cov}"
+                f"{r['ece']:6.3f} {r['ece_known_labels']:6.3f} {r['unknown_label_share']:5.3f} "
+                f"{cov}{unas}"
             )
     summary = {
         m: {
