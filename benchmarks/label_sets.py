@@ -81,12 +81,8 @@ def rule_thresholds(conformal: dict) -> dict[str, dict]:
 
 
 def evaluate(pred: dict) -> dict:
-    from sc_celltherapy.atlas._calibration import (
-        calibrate,
-        expected_calibration_error,
-        fit_across_donors,
-        prediction_sets,
-    )
+    from sc_celltherapy.atlas._calibration import calibrate, fit_across_donors, prediction_sets
+    from sc_celltherapy.atlas._calibration_error import expected_calibration_error
 
     probs, y, donors = pred["probs"].astype(np.float64), pred["y"], pred["donors"].astype(str)
     probs /= probs.sum(axis=1, keepdims=True)

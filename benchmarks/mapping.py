@@ -230,7 +230,7 @@ def auroc_interval(is_pos: np.ndarray, score: np.ndarray, n_boot: int = 2000) ->
 def main() -> None:
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-    from sc_celltherapy.atlas._calibration import calibration_error as ece
+    from sc_celltherapy.atlas._calibration_error import calibration_error as ece
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--celltypist-python", default=shutil.which("python3"))

@@ -93,7 +93,7 @@ def bundle_record(calibration: dict) -> dict:
 def donor_metrics(pred: dict, truth: np.ndarray) -> dict:
     from sklearn.metrics import f1_score
 
-    from sc_celltherapy.atlas._calibration import calibration_error
+    from sc_celltherapy.atlas._calibration_error import calibration_error
 
     labels = list(pred["labels"])
     idx = np.array([labels.index(x) for x in pred["pred"]])

@@ -88,8 +88,8 @@ def test_bundle_reads_its_worst_donor_calibration_first(tmp_path):
         "ece_worst_donor": 0.0912,
         "conformal": {"coverage_worst_donor": 0.845},
         "per_donor": {
-            "P06": {"n_cells": 120, "accuracy": 0.8, "ece": 0.0912, "coverage": 0.845,
-                    "mean_set_size": 1.4},
+            "P06": {"n_cells": 120, "accuracy": 0.8, "ece": 0.0912, "ece_chance_95": 0.1304,
+                    "coverage": 0.845, "mean_set_size": 1.4},
             "P13": {"n_cells": 48, "accuracy": 0.9, "ece": 0.04, "coverage": 0.93,
                     "mean_set_size": 1.2},
         },
@@ -102,3 +102,5 @@ def test_bundle_reads_its_worst_donor_calibration_first(tmp_path):
     )
     html = bundle._repr_html_()
     assert html.count("<tr>") == 3 and "<td>P13</td><td>48</td>" in html and "None" not in html
+    # the ECE perfect calibration reaches by chance on the donor's cells ("–" where not stored)
+    assert "<td>0.091</td><td>0.130</td>" in html and "<td>0.040</td><td>–</td>" in html

@@ -92,9 +92,12 @@ def _cmd_atlas_build(args: argparse.Namespace) -> None:
     )
     cal = bundle.manifest["calibration"]
     where = "per held-out donor" if cal["across_donors"] else "within donor (one batch)"
+    worst = cal["per_donor"][cal["worst_donor"]]
     print(
         f"Built {bundle!r}\n  sha256 {bundle.sha256}\n  ECE {where}: worst "
-        f"{cal['ece_worst_donor']:.3f} ({cal['worst_donor']}), mean {cal['ece_mean_donor']:.3f}"
+        f"{cal['ece_worst_donor']:.3f} ({cal['worst_donor']}; by chance up to "
+        f"{worst['ece_chance_95']:.3f} on its {worst['n_cells']:,} cells), "
+        f"mean {cal['ece_mean_donor']:.3f}"
         f" after {cal['method']}; label sets at alpha={cal['conformal']['alpha']}: worst "
         f"coverage {cal['conformal']['coverage_worst_donor']:.3f}"
     )

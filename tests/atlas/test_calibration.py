@@ -10,10 +10,13 @@ from sc_celltherapy.atlas._calibration import (
     _fit_temperature,
     apply_temperature,
     calibrate,
-    expected_calibration_error,
     fit_across_donors,
     prediction_sets,
+)
+from sc_celltherapy.atlas._calibration_error import (
+    expected_calibration_error,
     reliability_bins,
+    sampling_ece,
 )
 
 K = 6
@@ -71,6 +74,30 @@ def test_cross_donor_calibration_holds_on_a_new_donor_where_one_group_does_not()
 
     assert abs(weighted_gap(reliability_bins(*donors[0]))) < 0.03
     assert weighted_gap(reliability_bins(*donors[4])) > 0.15
+
+
+def test_the_chance_level_of_the_ece_separates_sampling_noise_from_miscalibration():
+    """Known truth: perfectly calibrated probabilities of 137 cells (P06's count) still show an
+    ECE of several points; the chance level holds it 95% of the time, and over-confident
+    probabilities of the same cells exceed it nearly always. It shrinks with the cell count."""
+    rng = np.random.default_rng(3)
+    draws = [donor_predictions(rng, 137, 1.0) for _ in range(200)]
+    chance = [sampling_ece(p) for p, _ in draws]
+    ece = [expected_calibration_error(p, y) for p, y in draws]
+    within = np.mean(np.array(ece) <= np.array(chance))
+    assert 0.91 <= within <= 0.99  # 0.95 within its binomial 99% interval at 200 repeats
+    assert 0.12 < np.median(chance) < 0.16  # measured 0.138: far above the 0.05 target
+    sharp = [donor_predictions(rng, 137, 2.0) for _ in range(200)]
+    assert np.mean([expected_calibration_error(p, y) > sampling_ece(p) for p, y in sharp]) > 0.93
+    big, _ = donor_predictions(rng, 5000, 1.0)
+    assert sampling_ece(big) < np.median(chance) / 4  # about 1 / sqrt(cells)
+    assert sampling_ece(big) == sampling_ece(big)  # a fixed seed: deterministic
+    # each donor of a cross-donor fit carries its chance level beside its ECE
+    probs = np.concatenate([p for p, _ in draws[:4]])
+    y = np.concatenate([y for _, y in draws[:4]])
+    cal = fit_across_donors(probs, y, np.repeat(["a", "b", "c", "d"], 137))
+    for r in cal["per_donor"].values():  # these donors are calibrated: within chance
+        assert 0.05 < r["ece"] <= r["ece_chance_95"] < 0.2
 
 
 def test_label_sets_cover_new_donors_at_their_level():

@@ -3,11 +3,8 @@
 import numpy as np
 import scipy.sparse as sp
 
-from sc_celltherapy.atlas._calibration import (
-    calibrate,
-    expected_calibration_error,
-    fit_across_donors,
-)
+from sc_celltherapy.atlas._calibration import calibrate, fit_across_donors
+from sc_celltherapy.atlas._calibration_error import expected_calibration_error
 from sc_celltherapy.atlas._marker_evidence import (
     fit_marker_evidence,
     lot_marker_loglik,

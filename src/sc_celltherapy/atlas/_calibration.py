@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import InputError
+from ._calibration_error import expected_calibration_error, reliability_bins, sampling_ece
 
 # Calibration error per donor is only quoted for donors with at least this many labelled cells:
 # the ECE of fewer cells is mostly binning noise (its expected value on perfectly calibrated
@@ -23,7 +24,6 @@ ALPHA = 0.1  # conformal label sets cover the true label with probability >= 1 -
 # cells: 0.042), and on benchmarks/label_sets.py such thresholds widened sets (4.46 labels vs
 # 4.18 from 30 cells up) without covering a new donor better (worst 0.746 vs 0.745).
 MIN_LABEL_CELLS = 50
-N_BINS = 15
 RATIO_FLOOR = 1e-3  # latent outlier ratios are clipped here before their logarithm
 
 
@@ -241,38 +241,6 @@ def calibrate(
     raise InputError(msg)
 
 
-def calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> float:
-    """ECE: |confidence - accuracy| in equal-width confidence bins, weighted by bin size."""
-    edges = np.linspace(0, 1, n_bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
-    return float(ece)
-
-
-def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> dict:
-    """The reliability diagram of the top label: per non-empty equal-width confidence bin, its
-    lower edge, the mean confidence, the accuracy and the number of cells (the ECE's terms)."""
-    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == y
-    edges = np.linspace(0, 1, n_bins + 1)
-    out: dict[str, list] = {"bin_low": [], "confidence": [], "accuracy": [], "n_cells": []}
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            out["bin_low"].append(float(lo))
-            out["confidence"].append(float(conf[sel].mean()))
-            out["accuracy"].append(float(correct[sel].mean()))
-            out["n_cells"].append(int(sel.sum()))
-    return out
-
-
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
-    """Top-label ECE of a probability matrix against integer labels ``y``."""
-    return calibration_error(probs.max(axis=1), probs.argmax(axis=1) == y, n_bins=n_bins)
-
-
 def nonconformity(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """One minus the calibrated probability of the true label (Sadinle et al. 2019's least
     ambiguous sets: the smallest sets on average for their coverage, and a confident cell keeps
@@ -394,8 +362,9 @@ def fit_across_donors(
     The label sets' thresholds are :func:`donor_quantile` of the scores of cells calibrated
     without their own donor, united with each label's own quantile (:func:`label_quantiles`).
     Per donor the stored ECE, coverage and set size come from a calibration and thresholds
-    fitted without that donor; with ``groups`` (each column's coarse label), also the ECE of
-    the summed coarse probabilities. With ``latent_ratio`` (each cell's out-of-fold latent
+    fitted without that donor, beside the ECE perfect calibration reaches by chance on that
+    donor's cells (:func:`sampling_ece`); with ``groups`` (each column's coarse label), also
+    the ECE of the summed coarse probabilities. With ``latent_ratio`` (each cell's out-of-fold latent
     local outlier ratio) distance-aware temperature scaling is among the candidates, and with
     ``marker_loglik`` (each cell's out-of-fold marker-detection log-likelihoods, cells x
     labels) marker-detection stacking.
@@ -433,6 +402,8 @@ def fit_across_donors(
         d: {
             "n_cells": int((donors == d).sum()),
             "ece": expected_calibration_error(held[donors == d], y[donors == d]),
+            # the ECE perfect calibration would reach by chance on this donor's cells
+            "ece_chance_95": sampling_ece(held[donors == d]),
             "ece_uncalibrated": expected_calibration_error(probs[donors == d], y[donors == d]),
             "accuracy": float(np.mean(held[donors == d].argmax(axis=1) == y[donors == d])),
             "reliability": reliability_bins(held[donors == d], y[donors == d]),

@@ -110,7 +110,15 @@ class ReferenceBundle:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
 
-    _HEADER = ("held-out donor", "cells", "accuracy", "ECE", "set coverage", "set size")
+    _HEADER = (
+        "held-out donor",
+        "cells",
+        "accuracy",
+        "ECE",
+        "ECE by chance",
+        "set coverage",
+        "set size",
+    )
 
     def _headline(self) -> str:
         """The figure a report quotes first: the worst held-out donor's calibration."""
@@ -137,6 +145,7 @@ class ReferenceBundle:
                 str(d.get("n_cells", "–")),
                 num(d.get("accuracy")),
                 num(d.get("ece")),
+                num(d.get("ece_chance_95")),
                 num(d.get("coverage")),
                 num(d.get("mean_set_size")),
             ]

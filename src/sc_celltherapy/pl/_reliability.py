@@ -70,7 +70,9 @@ def reliability(
             bins["accuracy"],
             s=10 + 60 * n / n.max(),
             color=colour,
-            label=f"{donor} (ECE {r['ece']:.3f}, {r['n_cells']} cells)",
+            label=f"{donor} (ECE {r['ece']:.3f}"
+            + (f", by chance {r['ece_chance_95']:.3f}" if "ece_chance_95" in r else "")
+            + f", {r['n_cells']} cells)",
         )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -299,10 +299,17 @@ def _reliability_rows(cal: dict) -> list[tuple[str, str]]:
         if weights
         else ""
     )
+    worst = cal["per_donor"].get(cal["worst_donor"], {})
+    chance = (
+        f"; perfect calibration reaches up to {worst['ece_chance_95']:.3f} by chance on its "
+        f"{worst['n_cells']:,} cells"
+        if "ece_chance_95" in worst
+        else ""
+    )
     return [
         (
             f"reference calibration error ({where})",
-            f"worst donor {cal['ece_worst_donor']:.3f} ({cal['worst_donor']}), "
+            f"worst donor {cal['ece_worst_donor']:.3f} ({cal['worst_donor']}{chance}), "
             f"mean {cal['ece_mean_donor']:.3f}; {cal['method']}{read}",
         ),
         (
@@ -320,18 +327,25 @@ def _reliability_rows(cal: dict) -> list[tuple[str, str]]:
 
 def _reliability_table(cal: dict) -> str:
     """The bundle's reliability per donor it held out, as measured when it was built."""
+
+    def chance(r: dict) -> str:  # bundles built before the chance level have none
+        return f"{r['ece_chance_95']:.3f}" if "ece_chance_95" in r else "–"
+
     rows = "".join(
         f"<tr><td>{escape(str(d))}</td><td>{r['n_cells']:,}</td><td>{r['accuracy']:.3f}</td>"
-        f"<td>{r['ece']:.3f}</td><td>{r['coverage']:.3f}</td><td>{r['mean_set_size']:.2f}</td>"
-        "</tr>"
+        f"<td>{r['ece']:.3f}</td><td>{chance(r)}</td><td>{r['coverage']:.3f}</td>"
+        f"<td>{r['mean_set_size']:.2f}</td></tr>"
         for d, r in cal["per_donor"].items()
     )
     note = f"<p>{escape(cal['note'])}</p>" if "note" in cal else ""
     return (
         "<h2>Reference reliability per held-out donor</h2>"
         "<table><tr><th>donor</th><th>cells</th><th>accuracy</th><th>ECE</th>"
-        "<th>label-set coverage</th><th>mean set size</th></tr>"
-        f"{rows}</table>{note}"
+        "<th>ECE by chance (95%)</th><th>label-set coverage</th><th>mean set size</th></tr>"
+        f"{rows}</table>"
+        "<p>ECE by chance: the calibration error that perfectly calibrated probabilities reach "
+        "on the donor's cells in 95% of label draws; an ECE at or under it is sampling noise, "
+        f"not miscalibration.</p>{note}"
     )
 
 

@@ -166,7 +166,11 @@ def map_to_reference(
                 "worst_donor": calibration["worst_donor"],
                 # the bundle's reliability diagram per held-out donor (sct.pl.reliability)
                 "per_donor": {
-                    d: {k: r[k] for k in ("n_cells", "ece", "reliability") if k in r}
+                    d: {
+                        k: r[k]
+                        for k in ("n_cells", "ece", "ece_chance_95", "reliability")
+                        if k in r
+                    }
                     for d, r in calibration["per_donor"].items()
                 },
                 "marker_evidence": _marker_record(calibration, query_cols),
