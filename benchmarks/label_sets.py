@@ -82,7 +82,7 @@ def rule_thresholds(conformal: dict) -> dict[str, dict]:
 
 def evaluate(pred: dict) -> dict:
     from sc_celltherapy.atlas._calibration import calibrate, fit_across_donors, prediction_sets
-    from sc_celltherapy.atlas._calibration_error import expected_calibration_error
+    from sc_celltherapy.atlas._calibration_error import expected_calibration_error, sampling_ece
 
     probs, y, donors = pred["probs"].astype(np.float64), pred["y"], pred["donors"].astype(str)
     probs /= probs.sum(axis=1, keepdims=True)
@@ -111,6 +111,7 @@ def evaluate(pred: dict) -> dict:
             sets_before = prediction_sets(p_before, before["conformal"])
             run = {
                 "ece": expected_calibration_error(p, y[test]),
+                "ece_chance_95": sampling_ece(p),  # what perfect calibration gives by chance
                 "accuracy": float(np.mean(p.argmax(axis=1) == y[test])),
                 "method": cal["method"],
                 "ece_without_markers": expected_calibration_error(p_before, y[test]),
@@ -132,6 +133,7 @@ def evaluate(pred: dict) -> dict:
             "n_cells": int(test.sum()),
             "ece_mean": float(np.mean([r["ece"] for r in runs])),
             "ece_worst": float(np.max([r["ece"] for r in runs])),
+            "ece_chance_95_mean": float(np.mean([r["ece_chance_95"] for r in runs])),
             "methods": sorted({r["method"] for r in runs}),
             **{
                 f"{k}_{stat}": float(f([r[k] for r in runs]))
@@ -172,13 +174,13 @@ def print_table(rows: dict) -> None:
             f"{r['ece_mean']:.3f} / {r['ece_worst']:.3f} ({', '.join(r['methods'])}) | "
             f"{r['coverage_without_markers_worst']:.3f} / {r['union']['coverage_worst']:.3f} |"
         )
-    head = "| donor (cells) | ECE mean / worst | " + " | ".join(
+    head = "| donor (cells) | ECE mean / worst (by chance) | " + " | ".join(
         f"{r}: coverage mean / worst, size" for r in RULES
     )
     print(head + " |")
     print("|" + " --- |" * (2 + len(RULES)))
     for d, r in rows.items():
-        cells = [f"{r['ece_mean']:.3f} / {r['ece_worst']:.3f}"] + [
+        cells = [f"{r['ece_mean']:.3f} / {r['ece_worst']:.3f} ({r['ece_chance_95_mean']:.3f})"] + [
             f"{r[rule]['coverage_mean']:.3f} / {r[rule]['coverage_worst']:.3f}, "
             f"{r[rule]['set_size_mean']:.2f}"
             for rule in RULES

@@ -9,7 +9,8 @@ folds); the two other patients are the query, each its own new batch. Every pati
 twice: (P01, P02), (P02, P03), (P03, P06), (P06, P13), (P13, P01).
 
 Reported per test donor (pooled over the two times it is tested): accuracy, macro-F1, ECE of
-the confidence each method reports for its call (15 bins), and for sc_celltherapy the label
+the confidence each method reports for its call (15 bins) beside the ECE perfect calibration of
+those confidences reaches by chance on the donor's cells (95% of label draws), and for sc_celltherapy the label
 sets' coverage at alpha = 0.1 and their mean size. A split's reference can lack a donor's
 label (P03's ``CD4 CTL`` is in no other patient but P01): the ECE is also given over the cells
 whose label the reference holds, and for sc_celltherapy the share of the other cells called
@@ -93,7 +94,7 @@ def bundle_record(calibration: dict) -> dict:
 def donor_metrics(pred: dict, truth: np.ndarray) -> dict:
     from sklearn.metrics import f1_score
 
-    from sc_celltherapy.atlas._calibration_error import calibration_error
+    from sc_celltherapy.atlas._calibration_error import calibration_error, sampling_ece
 
     labels = list(pred["labels"])
     idx = np.array([labels.index(x) for x in pred["pred"]])
@@ -106,6 +107,8 @@ def donor_metrics(pred: dict, truth: np.ndarray) -> dict:
             f1_score(truth, pred["pred"], labels=sorted(set(truth)), average="macro")
         ),
         "ece": calibration_error(conf, correct),
+        # what perfect calibration of these confidences reaches by chance (95% of draws)
+        "ece_chance_95": sampling_ece(conf[:, None]),
     }
     known = np.isin(truth, labels)  # a label the split's reference lacks cannot be called
     row |= {
@@ -194,7 +197,7 @@ def main() -> None:
     names = {"sct": "sc_celltherapy", "scanvi": "plain scANVI", "celltypist": "CellTypist"}
     print(f"\nnew donors: train 3 patients, test 2; {len(splits)} splits, seed {SEED}")
     header = (
-        f"{'method':<15} {'donor':<6} {'acc':>6} {'F1':>6} {'ECE':>6} {'ECE kn':>6} "
+        f"{'method':<15} {'donor':<6} {'acc':>6} {'F1':>6} {'ECE':>6} {'chance':>6} {'ECE kn':>6} "
         f"{'unkn':>5} {'cover':>6} {'size':>5} {'unas kn':>7} {'unas unkn':>9}"
     )
     print(header + "\n" + "-" * len(header))
@@ -208,7 +211,7 @@ def main() -> None:
             )
             print(
                 f"{names[m]:<15} {p:<6} {r['accuracy']:6.3f} {r['macro_f1']:6.3f} "
-                f"{r['ece']:6.3f} {r['ece_known_labels']:6.3f} {r['unknown_label_share']:5.3f} "
+                f"{r['ece']:6.3f} {r['ece_chance_95']:6.3f} {r['ece_known_labels']:6.3f} {r['unknown_label_share']:5.3f} "
                 f"{cov}{unas}"
             )
     summary = {
