@@ -364,10 +364,10 @@ def fit_across_donors(
     Per donor the stored ECE, coverage and set size come from a calibration and thresholds
     fitted without that donor, beside the ECE perfect calibration reaches by chance on that
     donor's cells (:func:`sampling_ece`); with ``groups`` (each column's coarse label), also
-    the ECE of the summed coarse probabilities. With ``latent_ratio`` (each cell's out-of-fold latent
-    local outlier ratio) distance-aware temperature scaling is among the candidates, and with
-    ``marker_loglik`` (each cell's out-of-fold marker-detection log-likelihoods, cells x
-    labels) marker-detection stacking.
+    the ECE of the summed coarse probabilities. With ``latent_ratio`` (each cell's out-of-fold
+    latent local outlier ratio) distance-aware temperature scaling is among the candidates,
+    and with ``marker_loglik`` (each cell's out-of-fold marker-detection log-likelihoods,
+    cells x labels) marker-detection stacking.
     """
     donors = np.asarray(donors).astype(str)
     names = np.unique(donors)
