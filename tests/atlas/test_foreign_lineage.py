@@ -67,6 +67,12 @@ def test_t_cell_bundle_is_calibrated_across_its_donors(t_cell_bundle):
     assert cal["worst_donor"] == "P03"
     assert cal["ece_worst_donor"] == pytest.approx(0.1113, abs=0.002)  # 0.1643 before
     assert cal["ece_mean_donor"] == pytest.approx(0.1063, abs=0.002)  # 0.1458 before
+    # beside each ECE, what perfect calibration reaches by chance on the donor's cells: P03's
+    # 0.111 is miscalibration (chance 0.045 on 977 cells), P06's 0.099 is not (0.109 on 137)
+    p03, p06 = cal["per_donor"]["P03"], cal["per_donor"]["P06"]
+    assert p03["ece_chance_95"] == pytest.approx(0.0450, abs=0.003)
+    assert p06["ece_chance_95"] == pytest.approx(0.1093, abs=0.003)
+    assert p06["ece"] == pytest.approx(0.0985, abs=0.002)
     # P13's 31 cells are reported but not quoted (fewer than 50)
     assert cal["per_donor"]["P13"]["n_cells"] == 31
     assert cal["conformal"]["coverage_worst_donor"] == pytest.approx(0.8833, abs=0.002)
