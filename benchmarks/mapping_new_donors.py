@@ -10,16 +10,16 @@ twice: (P01, P02), (P02, P03), (P03, P06), (P06, P13), (P13, P01).
 
 Reported per test donor (pooled over the two times it is tested): accuracy, macro-F1, ECE of
 the confidence each method reports for its call (15 bins) beside the ECE perfect calibration of
-those confidences reaches by chance on the donor's cells (95% of label draws), and for sc_celltherapy the label
-sets' coverage at alpha = 0.1 and their mean size. A split's reference can lack a donor's
-label (P03's ``CD4 CTL``, 22% of its cells, has 6 cells in P02, 1 in P06 and none in P01 or
-P13, so a split whose reference lacks P02 lacks the label): the ECE is also given over the cells
-whose label the reference holds, and for sc_celltherapy the share of the other cells called
-unassigned (the right call for a state the reference lacks). Foreign lineages: the unsorted P01 marrow
-and P02 blood samples are mapped onto each split's bundle; the AUROC of the out-of-reference
-score for marker-defined myeloid / erythroid / B cells against marker-defined T cells (as
-``mapping.py`` defines them), the share of foreign cells unassigned and of T cells unassigned at
-the bundle's threshold. Plain scANVI (scvi-tools' tutorial, no calibration) and CellTypist
+those confidences reaches by chance on the donor's cells (95% of label draws), and for
+sc_celltherapy the label sets' coverage at alpha = 0.1 and their mean size. A split's
+reference can lack a donor's label (P03's ``CD4 CTL``, 22% of its cells, has 6 cells in P02, 1
+in P06 and none in P01 or P13, so a split whose reference lacks P02 lacks the label): the ECE is
+also given over the cells whose label the reference holds, and for sc_celltherapy the share of
+the other cells called unassigned (the right call for a state the reference lacks). Foreign
+lineages: the unsorted P01 marrow and P02 blood samples are mapped onto each split's bundle;
+the AUROC of the out-of-reference score for marker-defined myeloid / erythroid / B cells
+against marker-defined T cells (as ``mapping.py`` defines them), the share of foreign cells
+unassigned and of T cells unassigned at the bundle's threshold. Plain scANVI (scvi-tools' tutorial, no calibration) and CellTypist
 (trained on the same cells) run beside ours on the same splits; their out-of-reference score is
 one minus the top probability.
 

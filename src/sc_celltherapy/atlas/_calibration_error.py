@@ -18,31 +18,40 @@ N_BINS = 15
 SAMPLING_DRAWS = 1000
 
 
+def _bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Each confidence's equal-width bin: ``i`` for ``i / n_bins < conf <= (i + 1) / n_bins``,
+    -1 for a confidence of 0 (in no bin)."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    return np.searchsorted(edges, np.asarray(conf, dtype=float), side="left") - 1
+
+
+def _bin_sums(bins: np.ndarray, values: np.ndarray, n_bins: int) -> np.ndarray:
+    inside = bins >= 0
+    return np.bincount(bins[inside], weights=values[inside], minlength=n_bins)
+
+
 def calibration_error(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS) -> float:
     """ECE: |confidence - accuracy| in equal-width confidence bins, weighted by bin size."""
-    edges = np.linspace(0, 1, n_bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
-    return float(ece)
+    conf = np.asarray(conf, dtype=float)
+    bins = _bins(conf, n_bins)
+    gaps = _bin_sums(bins, conf, n_bins) - _bin_sums(bins, np.asarray(correct, float), n_bins)
+    return float(np.abs(gaps).sum() / max(conf.size, 1))
 
 
 def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> dict:
     """The reliability diagram of the top label: per non-empty equal-width confidence bin, its
     lower edge, the mean confidence, the accuracy and the number of cells (the ECE's terms)."""
     conf, correct = probs.max(axis=1), probs.argmax(axis=1) == y
-    edges = np.linspace(0, 1, n_bins + 1)
-    out: dict[str, list] = {"bin_low": [], "confidence": [], "accuracy": [], "n_cells": []}
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            out["bin_low"].append(float(lo))
-            out["confidence"].append(float(conf[sel].mean()))
-            out["accuracy"].append(float(correct[sel].mean()))
-            out["n_cells"].append(int(sel.sum()))
-    return out
+    bins = _bins(conf, n_bins)
+    n = _bin_sums(bins, np.ones(conf.size), n_bins)
+    filled = np.flatnonzero(n)
+    conf_sums, hits = _bin_sums(bins, conf, n_bins), _bin_sums(bins, correct, n_bins)
+    return {
+        "bin_low": [float(i / n_bins) for i in filled],
+        "confidence": [float(conf_sums[i] / n[i]) for i in filled],
+        "accuracy": [float(hits[i] / n[i]) for i in filled],
+        "n_cells": [int(n[i]) for i in filled],
+    }
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
@@ -80,13 +89,11 @@ def sampling_ece(
     conf = np.asarray(probs, dtype=float).max(axis=1)
     if conf.size == 0:
         return 0.0
-    # bin i holds edges[i] < conf <= edges[i + 1], as calibration_error bins
-    edges = np.linspace(0, 1, n_bins + 1)
-    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    conf_sums = np.bincount(bins, weights=conf, minlength=n_bins)
+    bins = _bins(conf, n_bins)  # binned once, as calibration_error bins
+    conf_sums = _bin_sums(bins, conf, n_bins)
     rng = np.random.default_rng(seed)
     eces = np.empty(draws)
     for i in range(draws):
-        hits = np.bincount(bins, weights=rng.random(conf.size) < conf, minlength=n_bins)
+        hits = _bin_sums(bins, rng.random(conf.size) < conf, n_bins)
         eces[i] = np.abs(conf_sums - hits).sum() / conf.size
     return float(np.quantile(eces, quantile))
