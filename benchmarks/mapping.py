@@ -20,9 +20,9 @@ of those markers). Speed: a 10,000-cell lot resampled from the real cells is map
 bundle.
 
 Run: ``python benchmarks/mapping.py [--celltypist-python /path/to/venv/bin/python]
-[--work-dir DIR]``. Every method runs in its own process (peak memory is its own); with
-``--work-dir`` each run is kept and a rerun of the same code resumes where it stopped (about 2.5
-hours on a 2-core CPU with 3-member bundles). The foreign query is mapped onto the models the
+[--work-dir DIR] [--n-members N]``. Every method runs in its own process (peak memory is its
+own); with ``--work-dir`` each run is kept and a rerun of the same code resumes where it stopped
+(about 2.5 hours on a 2-core CPU with 3-member bundles, the default; about 1 hour with one). The foreign query is mapped onto the models the
 P01 fold trained (CellTypist, fast, retrains). Prints one table, writes
 ``benchmarks/results/mapping.json`` and every query cell's truth, patient, predictions and
 scores to ``benchmarks/results/mapping_cells.npz`` (other metrics need no rerun).
@@ -151,6 +151,7 @@ def run_method(method, p, cond, work, args, query_name=None) -> dict:
         fold_dir=work / f"{method}_{p}_{cond}",
         train=query_name == p,
         args=args,
+        extra=(args.n_members,) if method == "sct" else (),
     )
 
 
@@ -236,6 +237,7 @@ def main() -> None:
     parser.add_argument("--celltypist-python", default=shutil.which("python3"))
     parser.add_argument("--max-epochs", type=int, default=200, help="scVI epochs, both sides")
     parser.add_argument("--n-speed", type=int, default=10_000)
+    parser.add_argument("--n-members", type=int, default=3, help="our bundle's ensemble")
     parser.add_argument("--patients", nargs="+", default=PATIENTS, help="folds (quick checks)")
     parser.add_argument(
         "--result-name",
@@ -403,6 +405,7 @@ def main() -> None:
             "protocol": "leave-one-patient-out on cart_labelled_dev.h5ad, truth CellType1",
             "seed": SEED,
             "max_epochs_scvi": args.max_epochs,
+            "n_members": args.n_members,
             "oor_label": OOR_LABEL,
             "foreign_query": {
                 "file": MARROW,
