@@ -21,8 +21,9 @@ MIN_DONOR_CELLS = 50
 ALPHA = 0.1  # conformal label sets cover the true label with probability >= 1 - ALPHA
 # A label gets its own (class-conditional) threshold only with this many held-out cells: the
 # coverage of a 90% quantile of fewer cells is off by more than about 4% (binomial sd at 50
-# cells: 0.042), and on benchmarks/label_sets.py such thresholds widened sets (4.46 labels vs
-# 4.18 from 30 cells up) without covering a new donor better (worst 0.746 vs 0.745).
+# cells: 0.042), and on a benchmarks/label_sets.py run before the marker evidence such
+# thresholds widened sets (4.46 labels vs 4.18 from 30 cells up) without covering a new donor
+# better (worst 0.746 vs 0.745).
 MIN_LABEL_CELLS = 50
 RATIO_FLOOR = 1e-3  # latent outlier ratios are clipped here before their logarithm
 
@@ -289,7 +290,7 @@ def donor_quantile(scores: np.ndarray, donors: np.ndarray, alpha: float) -> floa
 
     Each donor's own conformal ``1 - alpha`` quantile of its cells' scores, then the
     ``ceil((D + 1)(1 - alpha))``-th smallest of those ``D`` quantiles: the largest when there
-    are fewer than ``1 / alpha - 1`` donors. If donors are exchangeable, a new donor's sets then
+    are fewer than ``2 / alpha - 1`` donors (19 at alpha 0.1). If donors are exchangeable, a new donor's sets then
     cover at least ``1 - alpha`` of its cells with probability at least ``1 - alpha``. Pooling
     the cells instead lets the donors the model fits best hide the ones it does not.
     """
