@@ -1,31 +1,34 @@
 """Reference mapping: sc_celltherapy against plain scANVI and CellTypist, leave-one-patient-out.
 
 Protocol (issue 3): ``cart_labelled_dev.h5ad`` holds CAR-T cells of five patients with the study
-authors' labels (``CellType1``). For each patient, the reference is the other four patients and
-the query is that patient. Each method is trained on the same reference cells and predicts the
-query; predictions of the five folds are pooled for accuracy, macro-F1 and the expected
-calibration error (ECE, 15 bins, of the confidence each method reports for its call). For the
-out-of-reference (OOR) call each fold is run again with ``CD8 gdT`` removed from the reference;
-the AUROC of each method's OOR score for the query's CD8 gdT cells against the rest is measured
-(sc_celltherapy: ``sct_ref_oor_score``; the others, and our own max-probability baseline: one
-minus the top probability). The AUROC is reported pooled over the five folds (each fold's
-scores come from its own bundle, so the pooled figure also asks that a score mean the same in
-every bundle; most CD8 gdT cells are patient P02's) and per fold with CD8 gdT cells on both sides
-of the query. CD8 gdT cells are close to the CD8 TEM cells in expression (TRDC is
-detected in 3% of them), so a second out-of-reference test uses cells of another lineage: the
-unsorted marrow sample of patient P01 is mapped onto the P01 fold's reference (T cells only), and
-the AUROC is of its myeloid / erythroid / B cells (CD3D, CD3E and NKG7 not detected; LYZ and
+authors' labels (``CellType1``). For each patient, the reference is the other four patients and the
+query is that patient. Each method is trained on the same reference cells and predicts the query;
+predictions of the five folds are pooled for accuracy, macro-F1 and the expected calibration error
+(ECE, 15 bins, of the confidence each method reports for its call), and the ECE per query patient
+(10 bins, as the package bins it) beside the level perfect calibration reaches by chance on that
+patient's cells. For the out-of-reference (OOR) call each fold is run again with ``CD8 gdT``
+removed from the reference; the AUROC of each method's OOR score for the query's CD8 gdT cells
+against the rest is measured (sc_celltherapy: ``sct_ref_oor_score``; the others, and our own
+max-probability baseline: one minus the top probability). The AUROC is reported pooled over the
+five folds (each fold's scores come from its own bundle, so the pooled figure also asks that a
+score mean the same in every bundle; most CD8 gdT cells are patient P02's) and per fold with CD8
+gdT cells on both sides of the query. CD8 gdT cells are close to the CD8 TEM cells in expression
+(TRDC is detected in 3% of them), so a second out-of-reference test uses cells of another lineage:
+the unsorted marrow sample of patient P01 is mapped onto the P01 fold's reference (T cells only),
+and the AUROC is of its myeloid / erythroid / B cells (CD3D, CD3E and NKG7 not detected; LYZ and
 CD14, HBB >= 5 counts, or CD79A / MS4A1 detected) against its T cells (CD3D or CD3E detected, none
 of those markers). Speed: a 10,000-cell lot resampled from the real cells is mapped onto a built
 bundle.
 
-Run: ``python benchmarks/mapping.py [--celltypist-python /path/to/venv/bin/python]
-[--work-dir DIR] [--n-members N]``. Every method runs in its own process (peak memory is its
-own); with ``--work-dir`` each run is kept and a rerun of the same code resumes where it stopped
-(about 2.5 hours on a 2-core CPU with 3-member bundles, the default; about 1 hour with one). The foreign query is mapped onto the models the
-P01 fold trained (CellTypist, fast, retrains). Prints one table, writes
-``benchmarks/results/mapping.json`` and every query cell's truth, patient, predictions and
-scores to ``benchmarks/results/mapping_cells.npz`` (other metrics need no rerun).
+Run: ``python benchmarks/mapping.py`` with ``--celltypist-python /path/to/venv/bin/python``,
+``--work-dir DIR`` and ``--n-members N`` as needed;
+``--per-donor-only`` adds the per-patient ECE to a finished run's JSON from its cells. Every method
+runs in its own process (peak memory is its own); with ``--work-dir`` each run is kept and a rerun
+of the same code resumes where it stopped (about 2.5 hours on a 2-core CPU with 3-member bundles,
+the default; 1 h 40 min with one). The foreign query is mapped onto the models the P01 fold trained
+(CellTypist, fast, retrains). Prints one table, writes ``benchmarks/results/mapping.json`` and
+every query cell's truth, patient, predictions and scores to
+``benchmarks/results/mapping_cells.npz`` (other metrics need no rerun).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    RESULTS,
     code_digest,
     machine,
     resample_thinned,
@@ -54,7 +58,47 @@ SEED = 0
 PATIENTS = ["P01", "P02", "P03", "P06", "P13"]
 OOR_LABEL = "CD8 gdT"
 MIN_LABEL_CELLS = 5
+NAMES = {"sct": "sc_celltherapy", "scanvi": "plain scANVI", "celltypist": "CellTypist 1.7.1"}
 METHODS = ["sct", "scanvi", "celltypist"]
+
+
+def ece_per_donor(truth, patient, pred, conf) -> dict:
+    """Each query patient's ECE (the package's 10 bins) beside the level perfect calibration
+    reaches by chance on its cells (95% quantile over label draws from the confidences): a
+    pooled ECE lets the well-called patients hide the others."""
+    from sc_celltherapy.atlas._calibration_error import calibration_error, sampling_ece
+
+    return {
+        str(d): {
+            "n_cells": int(f.sum()),
+            "ece": calibration_error(conf[f], pred[f] == truth[f]),
+            "ece_chance_95": sampling_ece(conf[f][:, None]),
+        }
+        for d in np.unique(patient)
+        for f in [patient == d]
+    }
+
+
+def add_per_donor_ece(rows: dict, cells) -> None:
+    """``ece_per_donor`` and ``ece_worst_donor`` for every method's row, from the pooled cells."""
+    for m, r in rows.items():
+        r["ece_per_donor"] = ece_per_donor(
+            cells["truth"], cells["patient"], cells[f"{m}_pred"], cells[f"{m}_conf"]
+        )
+        r["ece_worst_donor"] = max(d["ece"] for d in r["ece_per_donor"].values())
+
+
+def print_per_donor_ece(rows: dict, names: dict) -> None:
+    print("ECE per query patient (chance level, 95%):")
+    for d in next(iter(rows.values()))["ece_per_donor"]:
+        print(
+            f"  {d}: "
+            + "  ".join(
+                f"{names[m]} {r['ece_per_donor'][d]['ece']:.3f} "
+                f"({r['ece_per_donor'][d]['ece_chance_95']:.3f})"
+                for m, r in rows.items()
+            )
+        )
 
 
 def labelled_cells():
@@ -250,7 +294,19 @@ def main() -> None:
         default=None,
         help="keep each run here and reuse runs of the same code (resume); default: a temp dir",
     )
+    parser.add_argument(
+        "--per-donor-only",
+        action="store_true",
+        help="add the per-patient ECE to a finished run's JSON from its _cells.npz (no mapping)",
+    )
     args = parser.parse_args()
+    if args.per_donor_only:
+        path = RESULTS / f"{args.result_name}.json"
+        result = json.loads(path.read_text())
+        add_per_donor_ece(result["rows"], np.load(path.with_name(f"{args.result_name}_cells.npz")))
+        print_per_donor_ece(result["rows"], NAMES)
+        print(f"wrote {write_json(args.result_name, result)}")
+        return
     args.code = code_digest()
 
     rows, per_fold = {}, {}
@@ -362,7 +418,8 @@ def main() -> None:
                     "held_out_batches": sorted(runs[m]["full"][p]["calibration"]["per_donor"]),
                 }
 
-    names = {"sct": "sc_celltherapy", "scanvi": "plain scANVI", "celltypist": "CellTypist 1.7.1"}
+    add_per_donor_ece(rows, cells)
+    names = NAMES
     header = (
         f"{'method':<17} {'macro-F1':>8} {'accuracy':>8} {'ECE':>6} {'OOR AUROC':>9} "
         f"{'(max-prob)':>10} {'foreign':>7} {'(max-prob)':>10} {'time s':>7} {'peak MB':>8}"
@@ -389,6 +446,7 @@ def main() -> None:
             for m, r in rows.items()
         )
     )
+    print_per_donor_ece(rows, names)
     print(f"OOR AUROC per fold ({OOR_LABEL} cells in the query):")
     for p in rows["sct"]["oor_auroc_per_fold"]:
         aucs = "  ".join(f"{names[m]} {rows[m]['oor_auroc_per_fold'][p]:.3f}" for m in METHODS)
