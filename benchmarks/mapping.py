@@ -72,6 +72,7 @@ def ece_per_donor(truth, patient, pred, conf) -> dict:
         str(d): {
             "n_cells": int(f.sum()),
             "ece": calibration_error(conf[f], pred[f] == truth[f]),
+            # sampling_ece reads only each row's top probability: the confidence
             "ece_chance_95": sampling_ece(conf[f][:, None]),
         }
         for d in np.unique(patient)
@@ -88,13 +89,13 @@ def add_per_donor_ece(rows: dict, cells) -> None:
         r["ece_worst_donor"] = max(d["ece"] for d in r["ece_per_donor"].values())
 
 
-def print_per_donor_ece(rows: dict, names: dict) -> None:
+def print_per_donor_ece(rows: dict) -> None:
     print("ECE per query patient (chance level, 95%):")
     for d in next(iter(rows.values()))["ece_per_donor"]:
         print(
             f"  {d}: "
             + "  ".join(
-                f"{names[m]} {r['ece_per_donor'][d]['ece']:.3f} "
+                f"{NAMES[m]} {r['ece_per_donor'][d]['ece']:.3f} "
                 f"({r['ece_per_donor'][d]['ece_chance_95']:.3f})"
                 for m, r in rows.items()
             )
@@ -304,7 +305,7 @@ def main() -> None:
         path = RESULTS / f"{args.result_name}.json"
         result = json.loads(path.read_text())
         add_per_donor_ece(result["rows"], np.load(path.with_name(f"{args.result_name}_cells.npz")))
-        print_per_donor_ece(result["rows"], NAMES)
+        print_per_donor_ece(result["rows"])
         print(f"wrote {write_json(args.result_name, result)}")
         return
     args.code = code_digest()
@@ -419,7 +420,6 @@ def main() -> None:
                 }
 
     add_per_donor_ece(rows, cells)
-    names = NAMES
     header = (
         f"{'method':<17} {'macro-F1':>8} {'accuracy':>8} {'ECE':>6} {'OOR AUROC':>9} "
         f"{'(max-prob)':>10} {'foreign':>7} {'(max-prob)':>10} {'time s':>7} {'peak MB':>8}"
@@ -428,7 +428,7 @@ def main() -> None:
     print("-" * len(header))
     for m, r in rows.items():
         print(
-            f"{names[m]:<17} {r['macro_f1']:>8.3f} {r['accuracy']:>8.3f} {r['ece']:>6.3f} "
+            f"{NAMES[m]:<17} {r['macro_f1']:>8.3f} {r['accuracy']:>8.3f} {r['ece']:>6.3f} "
             f"{r['oor_auroc']:>9.3f} {r['oor_auroc_max_prob']:>10.3f} "
             f"{r['foreign_auroc']:>7.3f} {r['foreign_auroc_max_prob']:>10.3f} {r['seconds']:>7.0f} "
             f"{r['peak_mb']:>8.0f}"
@@ -442,14 +442,14 @@ def main() -> None:
     print(
         "OOR AUROC, 95% bootstrap interval over cells: "
         + ", ".join(
-            f"{names[m]} [{r['oor_auroc_ci95'][0]:.3f}, {r['oor_auroc_ci95'][1]:.3f}]"
+            f"{NAMES[m]} [{r['oor_auroc_ci95'][0]:.3f}, {r['oor_auroc_ci95'][1]:.3f}]"
             for m, r in rows.items()
         )
     )
-    print_per_donor_ece(rows, names)
+    print_per_donor_ece(rows)
     print(f"OOR AUROC per fold ({OOR_LABEL} cells in the query):")
     for p in rows["sct"]["oor_auroc_per_fold"]:
-        aucs = "  ".join(f"{names[m]} {rows[m]['oor_auroc_per_fold'][p]:.3f}" for m in METHODS)
+        aucs = "  ".join(f"{NAMES[m]} {rows[m]['oor_auroc_per_fold'][p]:.3f}" for m in METHODS)
         print(f"  {p} ({int(is_oor[folds[p]].sum())}): {aucs}")
     print("sc_celltherapy per fold: unassigned in-reference cells / threshold / held-out cells")
     for p, f in per_fold["sct"].items():

@@ -290,9 +290,10 @@ def donor_quantile(scores: np.ndarray, donors: np.ndarray, alpha: float) -> floa
 
     Each donor's own conformal ``1 - alpha`` quantile of its cells' scores, then the
     ``ceil((D + 1)(1 - alpha))``-th smallest of those ``D`` quantiles: the largest when there
-    are fewer than ``2 / alpha - 1`` donors (19 at alpha 0.1). If donors are exchangeable, a new donor's sets then
-    cover at least ``1 - alpha`` of its cells with probability at least ``1 - alpha``. Pooling
-    the cells instead lets the donors the model fits best hide the ones it does not.
+    are fewer than ``2 / alpha - 1`` donors (19 at alpha 0.1). If donors are exchangeable, a new
+    donor's sets then cover at least ``1 - alpha`` of its cells with probability at least
+    ``1 - alpha``. Pooling the cells instead lets the donors the model fits best hide the ones it
+    does not.
     """
     per_donor = [conformal_quantile(scores[donors == d], alpha) for d in np.unique(donors)]
     return conformal_quantile(np.array(per_donor), alpha)
