@@ -119,8 +119,9 @@ def split_rows(work: Path, tag: str) -> dict:
     import scipy.sparse as sp
 
     import sc_celltherapy as sct
-    from sc_celltherapy.atlas._bundle import MIN_CELLS_PER_LABEL, calibration_folds
+    from sc_celltherapy.atlas._bundle import MIN_CELLS_PER_LABEL
     from sc_celltherapy.atlas._calibration import calibrate, fit_across_donors, prediction_sets
+    from sc_celltherapy.atlas._folds import calibration_folds
     from sc_celltherapy.atlas._marker_evidence import reference_depth
     from sc_celltherapy.atlas._novelty import lineage_genes
 

@@ -10,9 +10,9 @@ import pytest
 
 import sc_celltherapy as sct
 from sc_celltherapy.atlas import BundleError
-from sc_celltherapy.atlas._bundle import calibration_folds
 from sc_celltherapy.atlas._calibration import _fit_temperature, apply_temperature
 from sc_celltherapy.atlas._calibration_error import expected_calibration_error
+from sc_celltherapy.atlas._folds import calibration_folds
 from sc_celltherapy.atlas._novelty import oor_threshold
 from sc_celltherapy.atlas._store import manifest_digest
 

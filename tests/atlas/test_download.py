@@ -675,7 +675,7 @@ def test_build_from_manifest_pbmc_demo(tmp_path):
         v for k, v in weights.items() if k.startswith("z_encoder") and k.endswith("weight")
     )
     assert 64 in first.shape  # the encoder's hidden layer
-    assert (bundle.name, bundle.version) == ("pbmc_demo", "1.10")
+    assert (bundle.name, bundle.version) == ("pbmc_demo", "1.11")
     # the manifest's lineage level becomes the bundle's label hierarchy
     assert manifest["coarse_key"] == "cell_lineage"
     assert manifest["hierarchy"]["CD56+ NK"] == "NK cell"

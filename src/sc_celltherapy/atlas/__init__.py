@@ -13,6 +13,7 @@ from ._manifests import (
 )
 from ._marker_evidence import lot_marker_loglik
 from ._model import accelerator
+from ._neighbourhood import lot_neighbours, neighbourhood_median
 from ._novelty import AMBIENT_LOAD_LIMIT, ambient_load, expression_excess, local_outlier_ratio
 from ._novelty import combine as combine_oor
 from ._query import QueryResult, query_bundle
@@ -50,6 +51,8 @@ __all__ = [
     "ambient_load",
     "AMBIENT_LOAD_LIMIT",
     "local_outlier_ratio",
+    "lot_neighbours",
+    "neighbourhood_median",
     "lot_marker_loglik",
     "query_bundle",
     "QueryResult",

@@ -19,12 +19,13 @@ from .._provenance import versions
 from ..io import guess_species
 from . import _model
 from ._calibration import ALPHA, fit_across_donors
+from ._folds import calibration_folds
 from ._marker_evidence import cross_fitted_evidence, reorder_labels
+from ._neighbourhood import LOT_K, fit_oor_with_neighbourhood
 from ._novelty import (
     OOR_K,
     OOR_QUANTILE,
     expression_excess,
-    fit_oor,
     gene_levels,
     lineage_genes,
     local_outlier_ratio,
@@ -39,10 +40,6 @@ HELD_OUT_BATCH = "sct_held_out"  # the held-out cells' batch when the reference 
 # seed (CD8 gdT left out, patient P02: AUROC 0.846, 0.863, 0.827 for seeds 0-2); the mean of
 # three beat the mean single seed on all four left-out cases of benchmarks/oor_space.py.
 N_MEMBERS = 3
-# Calibration folds: each leaves out whole batches (donors) and trains its own models, so every
-# reference cell is predicted by models that never saw its donor. More folds cost build time
-# (each trains n_members models) for little: five folds already calibrate on every cell.
-MAX_CALIBRATION_FOLDS = 5
 MAX_LATENT_CELLS = 50_000
 MIN_CELLS_PER_LABEL = 5
 
@@ -221,14 +218,16 @@ def build(
             "and measured on held-out cells of the same donor(s) as the models; on new donors "
             "they may be optimistic."
         )
-    oor = fit_oor({c: oof[c][cells] for c in oof})
+    oor = fit_oor_with_neighbourhood(oof, counts, donors, held_any, cells)
     oor |= {
         "method": (
             "larger of the latent local outlier ratio (mean over "
             f"{n_members} ensemble member(s)) and the expression excess, each over its "
-            "held-out 99% quantile"
+            "held-out 99% quantile, and the median of that over the cell and its "
+            f"{LOT_K - 1} nearest cells in the lot's own expression space"
         ),
         "k": OOR_K,
+        "lot_k": LOT_K,
         "quantile": OOR_QUANTILE,
         "threshold_rule": "split-conformal order statistic of out-of-fold reference cells",
         "n_reference_cells": int(ref_latent.shape[1]),
@@ -435,43 +434,6 @@ def _reference_subset(adata, *, layer, labels_key, batch_key, n_hvg) -> AnnData:
         ref, n_top_genes=n_hvg, layer=None, batch_key=batch_key, subset=True
     )
     return ref
-
-
-def calibration_folds(
-    obs: pd.DataFrame, labels_key: str, batch_key: str | None, holdout: float, seed: int
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """The cells each calibration fold holds out, and each cell's donor for nested validation.
-
-    With two or more batches: the batches are dealt into ``min(batches, 5)`` folds of similar
-    cell count (largest batch first, each into the fold with fewest cells; ties by a seeded
-    shuffle), so that every cell is held out once, with its whole batch. A lot is always a batch
-    the reference never saw. The donor of a cell is its batch.
-
-    With one batch: ``holdout`` of each label's cells are held out in one fold, and the held-out
-    cells are split at random in two halves that stand in for donors (within-donor only).
-    """
-    rng = np.random.default_rng(seed)
-    if batch_key is not None and obs[batch_key].nunique() >= 2:
-        batch = obs[batch_key].astype(str).to_numpy()
-        sizes = pd.Series(batch).value_counts()
-        order = rng.permutation(sizes.index.to_numpy())
-        order = sorted(order, key=lambda b: -sizes[b])  # stable: the shuffle breaks ties
-        n_folds = min(sizes.size, MAX_CALIBRATION_FOLDS)
-        totals, members = np.zeros(n_folds), [[] for _ in range(n_folds)]
-        for b in order:
-            f = int(np.argmin(totals))
-            members[f].append(b)
-            totals[f] += sizes[b]
-        return [np.isin(batch, m) for m in members], batch
-    labels = obs[labels_key].astype(str).to_numpy()
-    mask = np.zeros(labels.size, dtype=bool)
-    for lab in np.unique(labels):
-        idx = np.flatnonzero(labels == lab)
-        mask[rng.choice(idx, max(2, int(round(holdout * idx.size))), replace=False)] = True
-    donors = np.full(labels.size, "", dtype=object)
-    half = rng.permutation(int(mask.sum())) % 2
-    donors[mask] = np.where(half == 0, "half 1", "half 2")
-    return [mask], donors.astype(str)
 
 
 def _model_labels(model) -> list[str]:

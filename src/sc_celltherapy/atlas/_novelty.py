@@ -201,10 +201,26 @@ def ambient_load(counts, levels: np.ndarray) -> np.ndarray:
     return in_absent / np.maximum(depth, 1.0) / pooled
 
 
-def fit_oor(components: dict[str, np.ndarray], quantile: float = OOR_QUANTILE) -> dict:
+def component_scales(
+    components: dict[str, np.ndarray], cells=slice(None), quantile: float = OOR_QUANTILE
+) -> dict[str, float]:
+    """Each component's held-out ``quantile`` (at least its ``MIN_SCALE``) over ``cells``."""
+    return {
+        c: max(oor_threshold(v[cells], quantile)[0], MIN_SCALE[c]) for c, v in components.items()
+    }
+
+
+def fit_oor(
+    components: dict[str, np.ndarray],
+    quantile: float = OOR_QUANTILE,
+    fixed_scales: dict[str, float] | None = None,
+) -> dict:
     """Scales and threshold of the combined score, from held-out in-reference cells' components
-    (each cell scored by models and gene levels that never saw its donor)."""
-    scales = {c: max(oor_threshold(v, quantile)[0], MIN_SCALE[c]) for c, v in components.items()}
+    (each cell scored by models and gene levels that never saw its donor); a component named in
+    ``fixed_scales`` keeps that scale (one already in the combined score's units)."""
+    fixed_scales = fixed_scales or {}
+    fitted = {c: v for c, v in components.items() if c not in fixed_scales}
+    scales = component_scales(fitted, quantile=quantile) | fixed_scales
     combined = combine(components, scales)
     threshold, bound = oor_threshold(combined, quantile)
     return {

@@ -14,7 +14,7 @@ from ._manifests import list_manifests
 from ._store import BundleError, ReferenceBundle, verify
 
 DEMO_NAME = "pbmc_demo"
-DEMO_VERSION = "1.10"  # with the manifest; a new bundle format needs a new cache entry
+DEMO_VERSION = "1.11"  # with the manifest; a new bundle format needs a new cache entry
 
 
 def bundles_dir() -> Path:

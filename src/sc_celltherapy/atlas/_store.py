@@ -31,8 +31,9 @@ from .._logging import logger
 from ..io import file_sha256
 
 # 2: per-label OOR thresholds; 3: local outlier ratio; 4: conformal threshold; 5: seed ensemble;
-# 6: cross-donor calibration, conformal label sets, expression evidence of out-of-reference
-BUNDLE_FORMAT = 6
+# 6: cross-donor calibration, conformal label sets, expression evidence of out-of-reference;
+# 7: neighbourhood evidence of out-of-reference (the lot's own expression kNN)
+BUNDLE_FORMAT = 7
 MANIFEST = "bundle.json"
 EXPRESSION_LEVELS = "expression_levels.npz"
 # the out-of-fold predictions the calibration, label sets and OOR threshold were fitted on

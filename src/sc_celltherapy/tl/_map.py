@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 
 from .._checks import InputError, check_lot, get_matrix
@@ -78,8 +79,10 @@ def map_to_reference(
     ``obs[f"{key_added}_oor_expression"]``, the share of the cell's counts above anything the
     reference's cells have, counted only where the cell's load of the genes the reference lacks
     is beyond what the lot's ambient RNA could give, ``obs[f"{key_added}_oor_ambient_load"]``
-    >= 1; each over its 99% quantile on held-out reference cells; at most about 1 inside the
-    reference, higher is further from it),
+    >= 1; each over its 99% quantile on held-out reference cells; and the median of that
+    cell-level score over the cell and its 14 nearest cells in the lot's own expression space,
+    ``obs[f"{key_added}_oor_neighbourhood"]``, so that a cell whose neighbourhood is mostly out
+    of reference is too; at most about 1 inside the reference, higher is further from it),
     ``adata.obs[f"{key_added}_unassigned"]`` (bool: score above the bundle's threshold,
     ``adata.uns[key_added]["oor_threshold"]``, the split-conformal 99% quantile of held-out
     reference cells) and ``adata.uns[key_added]`` (bundle name, version, hash, gene overlap,
@@ -92,6 +95,8 @@ def map_to_reference(
         combine_oor,
         load,
         lot_marker_loglik,
+        lot_neighbours,
+        neighbourhood_median,
         prediction_sets,
         query_bundle,
         reads_markers,
@@ -122,9 +127,13 @@ def map_to_reference(
     )
     sets = prediction_sets(probs, calibration["conformal"])
     best = probs.argmax(axis=1)
-    excess, load = _expression_excess(adata, layer, bundle)
+    excess, load, counts = _expression_excess(adata, layer, bundle)
     beyond_ambient = load >= AMBIENT_LOAD_LIMIT
     components = {"latent": mapped.latent_ratio, "expression": np.where(beyond_ambient, excess, 0)}
+    if "neighbourhood" in oor["scales"]:  # bundles since format 7
+        cell_score = combine_oor(components, oor["scales"])
+        neighbours = lot_neighbours(counts, k=oor["lot_k"], seed=seed)
+        components["neighbourhood"] = neighbourhood_median(cell_score, neighbours)
     score = combine_oor(components, oor["scales"])
     latent = mapped.latent
 
@@ -142,6 +151,8 @@ def map_to_reference(
     adata.obs[f"{key_added}_oor_score"] = score
     adata.obs[f"{key_added}_oor_latent"] = components["latent"]
     adata.obs[f"{key_added}_oor_expression"] = components["expression"]
+    if "neighbourhood" in components:
+        adata.obs[f"{key_added}_oor_neighbourhood"] = components["neighbourhood"]
     adata.obs[f"{key_added}_oor_ambient_load"] = load
     adata.obs[f"{key_added}_unassigned"] = unassigned
     adata.uns[key_added] = uns_safe(
@@ -288,12 +299,10 @@ def _coarse_level(adata, probs, sets, labels, calibration: dict, hierarchy: dict
     adata.obs[f"{key}_set_level"] = pd.Categorical(level, categories=["fine", "coarse", "mixed"])
 
 
-def _expression_excess(adata, layer, bundle) -> tuple[np.ndarray, np.ndarray]:
-    """The lot's expression excess over the bundle's gene levels, and each cell's load of the
+def _expression_excess(adata, layer, bundle) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+    """The lot's expression excess over the bundle's gene levels, each cell's load of the
     genes the reference lacks against the lot's pooled share (genes matched by symbol or
-    Ensembl id; a reference gene the lot lacks adds nothing)."""
-    import scipy.sparse as sp
-
+    Ensembl id; a reference gene the lot lacks adds nothing), and the counts they read."""
     from ..atlas import ambient_load, expression_excess
 
     genes, gene_ids, levels = bundle.expression_levels()
@@ -302,7 +311,7 @@ def _expression_excess(adata, layer, bundle) -> tuple[np.ndarray, np.ndarray]:
     # float64 once: both measures read it without converting again
     counts = sp.csr_matrix(get_matrix(adata, layer), dtype=np.float64)[:, cols[found]]
     levels = levels[found].astype(np.float64)
-    return expression_excess(counts, levels), ambient_load(counts, levels)
+    return expression_excess(counts, levels), ambient_load(counts, levels), counts
 
 
 def check_genes(
