@@ -75,8 +75,15 @@ def lot_neighbours(counts, *, k: int = LOT_K, seed: int = 0) -> np.ndarray:
 
 
 def neighbourhood_median(cell_score: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Median ``cell_score`` over each cell's neighbours (``lot_neighbours``, the cell
-    included)."""
+    """Median cell-level score over each cell's neighbours, the cell included.
+
+    Parameters
+    ----------
+    cell_score
+        Each lot cell's cell-level out-of-reference score.
+    neighbours
+        Cells x k indices of each cell's neighbours (:func:`lot_neighbours`).
+    """
     return np.median(np.asarray(cell_score, dtype=float)[neighbours], axis=1)
 
 
