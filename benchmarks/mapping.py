@@ -143,30 +143,37 @@ def write_folds(work: Path, patients: list[str]) -> tuple[dict, np.ndarray, np.n
 MARROW = "cart_unsorted_marrow_P01_CAR-T10593344.h5ad"
 
 
-def write_foreign_query(
-    work: Path, file: str = MARROW, query_name: str = "foreign", patient: str = "P01_marrow"
-) -> np.ndarray:
-    """An unsorted sample (default: the P01 marrow) as ``query_<query_name>.h5ad``; returns 1
-    foreign, 0 T cell, -1 neither, by markers."""
-    import anndata as ad
-
-    marrow = ad.read_h5ad(shared_data() / file)
-    marrow.var_names_make_unique()
+def marker_truth(sample) -> np.ndarray:
+    """1: myeloid / erythroid / B cell (LYZ and CD14, HBB >= 5 counts, CD79A or MS4A1 detected;
+    CD3D, CD3E and NKG7 not); 0: T cell (CD3D or CD3E detected, none of those markers); -1:
+    neither. ``sample``: an AnnData of counts with unique gene symbols."""
 
     def detected(gene: str, at_least: int = 1) -> np.ndarray:
-        return np.asarray(marrow[:, gene].X.todense()).ravel() >= at_least
+        return np.asarray(sample[:, gene].X.todense()).ravel() >= at_least
 
     other = (detected("LYZ") & detected("CD14")) | detected("HBB", 5)
     other |= detected("CD79A") | detected("MS4A1")
     t_cell = detected("CD3D") | detected("CD3E")
-    truth = np.full(marrow.n_obs, -1)
+    truth = np.full(sample.n_obs, -1)
     truth[t_cell & ~other] = 0
     truth[other & ~t_cell & ~detected("NKG7")] = 1
+    return truth
+
+
+def write_foreign_query(
+    work: Path, file: str = MARROW, query_name: str = "foreign", patient: str = "P01_marrow"
+) -> np.ndarray:
+    """An unsorted sample (default: the P01 marrow) as ``query_<query_name>.h5ad``; returns its
+    ``marker_truth``."""
+    import anndata as ad
+
+    marrow = ad.read_h5ad(shared_data() / file)
+    marrow.var_names_make_unique()
     query = ad.AnnData(X=marrow.X.copy(), var=marrow.var.copy())
     query.obs_names = marrow.obs_names
     query.obs["Patient"] = patient
     query.write_h5ad(work / f"query_{query_name}.h5ad")
-    return truth
+    return marker_truth(marrow)
 
 
 def cluster_consistent(counts, truth: np.ndarray) -> np.ndarray:

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import anndata as ad
-import numpy as np
 import pytest
 
 import sc_celltherapy as sct
 
-
-def _counts(adata, gene: str) -> np.ndarray:
-    return np.asarray(adata[:, gene].X.todense()).ravel()
-
-
-def marker_truth(adata) -> np.ndarray:
-    """1: myeloid / erythroid / B cell (markers, no CD3 or NKG7); 0: T cell (CD3D or CD3E, none
-    of those markers); -1: neither. The definition of benchmarks/mapping.py."""
-    other = (_counts(adata, "LYZ") >= 1) & (_counts(adata, "CD14") >= 1)
-    other |= (_counts(adata, "HBB") >= 5) | (_counts(adata, "CD79A") >= 1)
-    other |= _counts(adata, "MS4A1") >= 1
-    t_cell = (_counts(adata, "CD3D") >= 1) | (_counts(adata, "CD3E") >= 1)
-    truth = np.full(adata.n_obs, -1)
-    truth[t_cell & ~other] = 0
-    truth[other & ~t_cell & ~(_counts(adata, "NKG7") >= 1)] = 1
-    return truth
+# the mapping benchmark's definitions of the truth, shared so that the two cannot drift apart
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from mapping import cluster_consistent, marker_truth  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,44 +86,28 @@ def mapped_samples(t_cell_bundle, shared_data):
     return out
 
 
-def cluster_consistent(lot, truth: np.ndarray) -> np.ndarray:
-    """The marker truth kept only where it agrees with the majority call of the cell's own
-    Leiden cluster in the lot (scanpy defaults, seed 0); -1 elsewhere. One or two UMIs of CD3E
-    or of LYZ + CD14 decide the marker truth, and ambient RNA supplies them."""
-    import scanpy as sc
-
-    x = lot.copy()
-    sc.pp.normalize_total(x, target_sum=1e4)
-    sc.pp.log1p(x)
-    sc.pp.highly_variable_genes(x, n_top_genes=2000)
-    sc.pp.pca(x, n_comps=30, mask_var="highly_variable", random_state=0)
-    sc.pp.neighbors(x, random_state=0)
-    sc.tl.leiden(x, flavor="igraph", n_iterations=2, random_state=0)
-    clusters = x.obs["leiden"].to_numpy()
-    clean = np.full(truth.size, -1)
-    for c in np.unique(clusters):
-        called = (clusters == c) & (truth >= 0)
-        if called.any():
-            majority = int(truth[called].mean() > 0.5)
-            clean[called & (truth == majority)] = majority
-    return clean
-
-
 @pytest.mark.slow
 def test_foreign_lineages_of_the_real_samples_are_called_out_of_reference(mapped_samples):
     """Monocytes, erythroid and B cells of the unsorted marrow and blood samples against the
-    T-cell bundle (measured, deterministic on CPU). The latent ratio alone separates the
-    marrow's foreign cells from its T cells at AUROC 0.68; the expression excess sees their
-    LYZ, S100A8/9 and VCAN. In blood the call is clean: every foreign cell caught, 1.4% of T
-    cells unassigned. In marrow 86% are caught and 17% of the marker-defined T cells are
+    T-cell bundle. The latent ratio alone separates the marrow's foreign cells from its T cells
+    at AUROC 0.67-0.68; the expression excess sees their LYZ, S100A8/9 and VCAN. In blood the
+    call is clean: every foreign cell caught, 1.3% of T cells unassigned. In marrow 89% are
+    caught (86% without the neighbourhood component) and 18% of the marker-defined T cells are
     unassigned (before the ambient bound: 95% and 48%, the T cells carrying the marrow's myeloid
-    ambient RNA); most of those 17% sit in myeloid clusters (next test)."""
+    ambient RNA); most of those 18% sit in myeloid clusters (next test).
+
+    Deterministic on a CPU, not across CPUs: training's floating point follows the CPU's
+    kernels. Measured on an AVX-512 Xeon (torch's ``AVX512`` capability); on the CPU the earlier
+    figures came from, the same code before the neighbourhood component gave a combined AUROC
+    0.001 higher, a latent AUROC of 0.6809 (0.665 here) and the same counts. The tolerances are
+    that spread: the figures are pinned to what either CPU gives, no wider."""
     from sklearn.metrics import roc_auc_score
 
     expected = {
-        MARROW: (0.895, 0.6809, 218, 253, 37, 213),
-        BLOOD: (0.9999, 0.9022, 47, 47, 11, 766),
+        MARROW: (0.9005, 0.673, 225, 253, 38, 213),
+        BLOOD: (0.9995, 0.9033, 47, 47, 10, 766),
     }
+    spread = (0.003, 0.02, 2, 0, 2, 0)  # cross-CPU, see above
     for name, want in expected.items():
         lot, truth = mapped_samples[name]
         scored = truth >= 0
@@ -148,11 +121,8 @@ def test_foreign_lineages_of_the_real_samples_are_called_out_of_reference(mapped
             int(unassigned[truth == 0].sum()),
             int((truth == 0).sum()),
         )
-        assert got == (
-            pytest.approx(want[0], abs=0.002),
-            pytest.approx(want[1], abs=0.002),
-            *want[2:],
-        )
+        print(name, got)  # the measured figures, where a run shows them (pytest -s)
+        assert got == tuple(pytest.approx(w, abs=d) for w, d in zip(want, spread, strict=True))
         # composition is checked against the five donors, and neither sample is flagged
         assert lot.uns["sct_ref"]["composition"]["checked"]
         assert not lot.uns["sct_ref"]["composition"]["far"]
@@ -166,11 +136,13 @@ def test_marrow_misses_are_marker_truth_that_its_own_clusters_contradict(mapped_
     myeloid clusters (LYZ, VCAN, MPO; CD3D in 3-5% of their cells), and 26 of the 253 foreign
     ones in T clusters (BCL11B, IL7R, LEF1). The consistent T cells carry 1-3% of their counts in
     myeloid genes, ambient RNA: without the ambient bound 40% of them were unassigned; with it
-    0.6%, while 96% of the consistent foreign cells are caught."""
+    0.6%, while 96% of the consistent foreign cells were caught. The neighbourhood component
+    (a cell whose lot neighbourhood is mostly out of reference is too) catches 99.1% with 1.1%
+    of the T cells (measured on an AVX-512 Xeon; tolerances as in the test above)."""
     from sklearn.metrics import roc_auc_score
 
     lot, truth = mapped_samples[MARROW]
-    clean = cluster_consistent(lot, truth)
+    clean = cluster_consistent(lot.X, truth)
     scored = clean >= 0
     unassigned = lot.obs["sct_ref_unassigned"].to_numpy()
     score = lot.obs["sct_ref_oor_score"].to_numpy()
@@ -184,7 +156,7 @@ def test_marrow_misses_are_marker_truth_that_its_own_clusters_contradict(mapped_
     assert measured == {
         "T cells in foreign clusters": 39,
         "foreign cells in T clusters": 26,
-        "AUROC": pytest.approx(0.9931, abs=0.002),
-        "foreign caught": pytest.approx(0.96, abs=0.01),
-        "T unassigned": pytest.approx(0.006, abs=0.005),
+        "AUROC": pytest.approx(0.9982, abs=0.003),
+        "foreign caught": pytest.approx(0.991, abs=0.01),
+        "T unassigned": pytest.approx(0.011, abs=0.012),
     }
