@@ -54,12 +54,13 @@ def lot_neighbours(counts, *, k: int = LOT_K, seed: int = 0) -> np.ndarray:
     from anndata import AnnData
     from sklearn.neighbors import NearestNeighbors
 
-    counts = sp.csr_matrix(counts, dtype=np.float32)
+    counts = sp.csr_matrix(counts)
     n = counts.shape[0]
     k = min(k, n)
     if n < MIN_LOT_CELLS:
         return np.arange(n)[:, None]
-    lot = AnnData(counts[:, np.asarray(counts.getnnz(axis=0)).ravel() > 0])
+    # genes first, then float32: one copy of the lot's counts, not two
+    lot = AnnData(counts[:, np.asarray(counts.getnnz(axis=0)).ravel() > 0].astype(np.float32))
     sc.pp.normalize_total(lot, target_sum=1e4)
     sc.pp.log1p(lot)
     n_top = min(N_TOP_GENES, lot.n_vars)
@@ -121,10 +122,12 @@ def fit_oor_with_neighbourhood(
     """
     from ._novelty import combine, component_scales, fit_oor
 
-    cell_score = combine({c: v[held] for c, v in oof.items()}, component_scales(oof, cells))
+    scales = component_scales(oof, cells)
+    cell_score = combine({c: v[held] for c, v in oof.items()}, scales)
     neighbourhood = np.full(held.size, np.nan)
     neighbourhood[held] = held_out_neighbourhood(
         counts[np.flatnonzero(held)], donors[held], cell_score
     )
     components = {c: v[cells] for c, v in oof.items()} | {"neighbourhood": neighbourhood[cells]}
-    return fit_oor(components, fixed_scales={"neighbourhood": 1.0})
+    # the cell-level scales are fitted once, above; the neighbourhood is in their units
+    return fit_oor(components, fixed_scales=scales | {"neighbourhood": 1.0})

@@ -130,10 +130,9 @@ def map_to_reference(
     excess, load, counts = _expression_excess(adata, layer, bundle)
     beyond_ambient = load >= AMBIENT_LOAD_LIMIT
     components = {"latent": mapped.latent_ratio, "expression": np.where(beyond_ambient, excess, 0)}
-    if "neighbourhood" in oor["scales"]:  # bundles since format 7
-        cell_score = combine_oor(components, oor["scales"])
-        neighbours = lot_neighbours(counts, k=oor["lot_k"], seed=seed)
-        components["neighbourhood"] = neighbourhood_median(cell_score, neighbours)
+    cell_score = combine_oor(components, oor["scales"])
+    neighbours = lot_neighbours(counts, k=oor["lot_k"], seed=seed)
+    components["neighbourhood"] = neighbourhood_median(cell_score, neighbours)
     score = combine_oor(components, oor["scales"])
     latent = mapped.latent
 
@@ -151,8 +150,7 @@ def map_to_reference(
     adata.obs[f"{key_added}_oor_score"] = score
     adata.obs[f"{key_added}_oor_latent"] = components["latent"]
     adata.obs[f"{key_added}_oor_expression"] = components["expression"]
-    if "neighbourhood" in components:
-        adata.obs[f"{key_added}_oor_neighbourhood"] = components["neighbourhood"]
+    adata.obs[f"{key_added}_oor_neighbourhood"] = components["neighbourhood"]
     adata.obs[f"{key_added}_oor_ambient_load"] = load
     adata.obs[f"{key_added}_unassigned"] = unassigned
     adata.uns[key_added] = uns_safe(
