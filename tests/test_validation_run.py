@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import sc_celltherapy as sct
+from cpu_spread import CPU_SPREAD
 from sc_celltherapy.cli import main
 from sc_celltherapy.validation import _parameters as par
 from sc_celltherapy.validation import _perturb
@@ -271,7 +272,7 @@ def test_car_t_plan_on_the_real_cells(shared_data, demo_bundle, tmp_path, monkey
     }
     result = sct.validation.run(plan)
     b = "off_target: B-lineage cells"
-    assert _value(result, "slope", b)["value"] == pytest.approx(0.887, abs=0.03)
+    assert _value(result, "slope", b)["value"] in CPU_SPREAD["B-lineage spike-in slope"]
     assert _value(result, "intermediate_precision_cv", b)["value"] == pytest.approx(0.157, abs=0.03)
     assert _value(result, "repeatability_cv", b)["value"] < 0.01
     assert _value(result, "slope", "off_target")["value"] == pytest.approx(0.43, abs=0.05)

@@ -28,22 +28,52 @@ def versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, Any]:
-    """Machine, system, CPU count and the GPU when torch sees one."""
+    """Machine, system, CPU model and count, the GPU when torch sees one, and the kernels the
+    numerical libraries chose for this CPU: a model trained with the same seed on two CPUs
+    whose kernels differ (torch's vector width, MKL's vendor branch, OpenBLAS's core type)
+    reaches slightly different weights, so a rerun is bit-identical only where these match."""
     info: dict[str, Any] = {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "system": f"{platform.system()} {platform.release()}",
         "cpu_count": os.cpu_count(),
+        "blas": _blas_cores(),
     }
     try:
         import torch
 
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         info["cuda"] = torch.cuda.is_available()
         if info["cuda"]:
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         info["cuda"] = False
     return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; the processor string elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _blas_cores() -> list[str]:
+    """The BLAS libraries loaded in this process and the kernel each chose (threadpoolctl,
+    scikit-learn's dependency); MKL statically linked into torch is not listed."""
+    from threadpoolctl import threadpool_info
+
+    return sorted(
+        {
+            f"{lib.get('internal_api')} {lib.get('version')} {lib.get('architecture', '')}".strip()
+            for lib in threadpool_info()
+            if lib.get("user_api") == "blas"
+        }
+    )
 
 
 def peak_memory_mb() -> float:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import sc_celltherapy as sct
+from cpu_spread import CPU_SPREAD
 from sc_celltherapy.atlas import BundleError
 from sc_celltherapy.atlas._calibration import _fit_temperature, apply_temperature
 from sc_celltherapy.atlas._calibration_error import expected_calibration_error
@@ -28,10 +29,11 @@ def test_demo_bundle_contents(demo_bundle):
     assert cal["across_donors"] is False and "One batch" in cal["note"]
     assert cal["folds"]["mapped_by"] == "scArches surgery (as a new batch)"
     assert cal["folds"]["held_out"] == {"half 1": 71, "half 2": 71}
-    # measured (deterministic on CPU): the method nested validation chose, and the error and
-    # label-set coverage of each half measured with a calibration fitted on the other half
+    # measured: the method nested validation chose, and the error and label-set coverage of
+    # each half measured with a calibration fitted on the other half (71 cells: the ECE moves
+    # with the CPU's kernels, 0.1486 or 0.1199)
     assert cal["method"] == "vector scaling"
-    assert cal["ece_worst_donor"] == pytest.approx(0.1486, abs=0.002)
+    assert cal["ece_worst_donor"] in CPU_SPREAD["demo ECE, worst half"]
     assert cal["conformal"]["alpha"] == 0.1
     # each half's sets use the other half's quantile alone: 71 cells are a noisy quantile
     assert cal["conformal"]["coverage_worst_donor"] == pytest.approx(0.8169, abs=0.001)

@@ -9,6 +9,7 @@ import anndata as ad
 import pytest
 
 import sc_celltherapy as sct
+from cpu_spread import CPU_SPREAD
 
 # the mapping benchmark's definitions of the truth, shared so that the two cannot drift apart
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -49,7 +50,7 @@ def test_t_cell_bundle_is_calibrated_across_its_donors(t_cell_bundle):
     assert "note" not in cal
     assert cal["method"] == "marker-detection stacking"
     assert cal["marker_evidence"]["genes"] == ["CD8A", "CD4"]
-    assert cal["nested_nll"]["marker-detection stacking"] == pytest.approx(0.767, abs=0.005)
+    assert cal["nested_nll"]["marker-detection stacking"] in CPU_SPREAD["T bundle stacking NLL"]
     assert cal["nested_nll"]["none"] == pytest.approx(1.198, abs=0.005)
     # P03 (22% CD4 CTL): about half of its cells right without the evidence (label_sets.py)
     assert cal["per_donor"]["P03"]["accuracy"] == pytest.approx(0.673, abs=0.003)

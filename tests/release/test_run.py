@@ -9,6 +9,7 @@ import anndata as ad
 import pytest
 
 import sc_celltherapy as sct
+from cpu_spread import CPU_SPREAD
 from sc_celltherapy.cli import main
 from sc_celltherapy.release import compare_results, verify_audit
 from sc_celltherapy.release._results import PER_RUN_KEY, RESULTS_SCHEMA
@@ -72,7 +73,9 @@ def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
     assert reliability["across_donors"] is False and "One batch" in reliability["note"]
     assert reliability["label_sets"]["alpha"] == 0.1
     assert set(reliability["per_donor"]) == {"half 1", "half 2"}
-    assert r["mapping"]["set_levels"] == {"fine": 224, "coarse": 510, "mixed": 0}
+    levels = r["mapping"]["set_levels"]
+    assert levels["mixed"] == 0 and levels["fine"] + levels["coarse"] == 734
+    assert levels["fine"] in CPU_SPREAD["fine-level cells"]
     # the profile's CD3 gate is recorded with its effect: in this unsorted product no cell
     # called NK carries T-lineage transcripts beyond ambient
     gate = r["identity"]["rules"]["lineage_gate"]
@@ -94,6 +97,8 @@ def test_release_outputs(cart_releases, demo_bundle, cart_product_path):
     run = r[PER_RUN_KEY]
     assert set(run["timings_s"]) >= {"read", "qc", "map", "identity", "purity", "report"}
     assert run["operator"] == "tester" and "cpu_count" in run["hardware"]
+    # the facts that decide whether a rerun elsewhere is bit-identical (see CPU_SPREAD)
+    assert {"cpu_model", "torch_cpu_capability", "blas"} <= set(run["hardware"])
     lot = ad.read_h5ad(out / "lot.h5ad")
     assert lot.n_obs == r["qc"]["n_assessed"]
     assert (lot.obs["sct_identity_class"] == "target").sum() == target["n"]
@@ -265,10 +270,12 @@ def test_score_and_release_judge_the_same_classes(small_lot, demo_bundle, tmp_pa
     classes = released.obs["sct_identity_class"].astype(str)
     assert (classes == scored.obs["sct_identity_class"].astype(str)).all()
     r = json.loads((out / "results.json").read_text())
-    # measured: 46 of 279 cells are CD8 target; 137 are ambiguous (their label sets span CD8
-    # and the other T labels, which this spec treats as an impurity)
+    # measured: 46 of 279 cells are CD8 target (41 on a CPU with other kernels); 137 are
+    # ambiguous (their label sets span CD8 and the other T labels, which this spec treats as
+    # an impurity)
     n_target = int((classes == "target").sum())
-    assert r["criteria"][0]["n"] == n_target == 46
+    assert r["criteria"][0]["n"] == n_target
+    assert n_target in CPU_SPREAD["CD8 target cells"]
     assert list(released.uns["sct_identity"]["target"]) == list(spec.target)  # array after h5ad
     # the library call resolves the same way
     lot = released.copy()

@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 import sc_celltherapy as sct
+from cpu_spread import CPU_SPREAD
 from sc_celltherapy.atlas import ManifestError, load_profile, validate_manifest
 from sc_celltherapy.tl._lineage_gate import lineage_gate
 from sc_celltherapy.validation import select_by_markers
@@ -86,9 +87,9 @@ def test_gate_keeps_a_sorted_t_lot_pure_and_spiked_nk_found(sorted_t_with_nk_spi
     assert is_t.sum() == 3138 and is_nk.sum() == 36
     assert (before[is_t] != "target").sum() == 2
     assert (classes[is_t] != "target").sum() == 0
-    # the spiked NK cells keep their calls: 30 of 36 NK both ways (the reference calls 6 of
-    # them T with or without the gate), none passes the gate
-    assert (before[is_nk] == "NK cells").sum() == 30
+    # the spiked NK cells keep their calls: 30 of 36 NK both ways (29 on a CPU with other
+    # kernels; the reference calls the rest T with or without the gate), none passes the gate
+    assert (before[is_nk] == "NK cells").sum() in CPU_SPREAD["spiked NK called NK"]
     np.testing.assert_array_equal(classes[is_nk], before[is_nk])
     rule = lot.uns["sct_identity"]["rules"]["lineage_gate"]
     assert rule["n_rescued"] == 2 and rule["rescued_from"] == {"NK cells": 2}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sc_celltherapy as sct
+from cpu_spread import CPU_SPREAD
 from sc_celltherapy.tl import MappingWarning
 
 T_LABELS = {
@@ -93,10 +94,12 @@ def test_label_sets_and_coarse_calls_on_the_real_product(mapped_product):
     t_cols = [i for i, lab in enumerate(rec["labels"]) if coarse[lab] == "T cell"]
     is_t = (obs["sct_ref_label_coarse"] == "T cell").to_numpy()
     np.testing.assert_allclose(obs["sct_ref_prob_coarse"][is_t], probs[is_t][:, t_cols].sum(1))
-    # measured (deterministic on CPU): the fine sets of 510 cells span T-cell states the 765-gene
-    # reference cannot tell apart, but every cell's lineage set is a single lineage
+    # measured: the fine sets of 510 cells (562 on a CPU with other kernels) span T-cell
+    # states the 765-gene reference cannot tell apart, but every cell's lineage set is a
+    # single lineage
     levels = obs["sct_ref_set_level"].value_counts().to_dict()
-    assert levels == {"fine": 224, "coarse": 510, "mixed": 0}
+    assert levels["mixed"] == 0 and levels["fine"] + levels["coarse"] == 734
+    assert levels["fine"] in CPU_SPREAD["fine-level cells"]
     assert int(is_t.sum()) == 704
 
 
