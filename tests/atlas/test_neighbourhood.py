@@ -88,9 +88,11 @@ def test_a_group_mostly_out_of_reference_is_called_whole_and_a_lone_cell_still_i
 
 
 def test_held_out_donors_are_separate_lots():
-    """A donor's cells find neighbours among that donor's cells only."""
+    """A donor's cells find neighbours among that donor's cells only, read from the rows of
+    the reference's counts that were held out (here the last 30 of 40, in reverse)."""
     counts, _ = two_programs(40, 0)
-    donors = np.repeat(["a", "b"], 20)
-    score = np.r_[np.zeros(20), np.ones(20)]
-    out = held_out_neighbourhood(counts, donors, score)
-    assert out.tolist() == [0.0] * 20 + [1.0] * 20
+    rows = np.arange(39, 9, -1)
+    donors = np.where(rows < 25, "a", "b")
+    score = (rows >= 25).astype(float)
+    out = held_out_neighbourhood(counts, rows, donors, score)
+    assert out.tolist() == [1.0] * 15 + [0.0] * 15

@@ -89,16 +89,18 @@ def neighbourhood_median(cell_score: np.ndarray, neighbours: np.ndarray) -> np.n
 
 
 def held_out_neighbourhood(
-    counts, donors: np.ndarray, cell_score: np.ndarray, *, k: int = LOT_K, seed: int = 0
+    counts, rows: np.ndarray, donors: np.ndarray, cell_score: np.ndarray, *, k=LOT_K, seed=0
 ) -> np.ndarray:
-    """The neighbourhood component of held-out reference cells: each donor's cells are one lot
-    (neighbours among that donor's held-out cells only), as a new lot is at mapping."""
-    counts = sp.csr_matrix(counts)
-    out = np.zeros(counts.shape[0])
+    """The neighbourhood component of held-out reference cells (``rows`` of ``counts``, with
+    their ``donors`` and ``cell_score``): each donor's cells are one lot (neighbours among that
+    donor's held-out cells only), as a new lot is at mapping. Each donor's rows are sliced from
+    ``counts`` in turn: a copy of all held-out cells at once would double an atlas's counts."""
+    counts = sp.csr_matrix(counts)  # no copy when it is CSR already
+    out = np.zeros(rows.size)
     for d in np.unique(donors):
         idx = np.flatnonzero(donors == d)
         out[idx] = neighbourhood_median(
-            cell_score[idx], lot_neighbours(counts[idx], k=k, seed=seed)
+            cell_score[idx], lot_neighbours(counts[rows[idx]], k=k, seed=seed)
         )
     return out
 
@@ -126,7 +128,7 @@ def fit_oor_with_neighbourhood(
     cell_score = combine({c: v[held] for c, v in oof.items()}, scales)
     neighbourhood = np.full(held.size, np.nan)
     neighbourhood[held] = held_out_neighbourhood(
-        counts[np.flatnonzero(held)], donors[held], cell_score
+        counts, np.flatnonzero(held), donors[held], cell_score
     )
     components = {c: v[cells] for c, v in oof.items()} | {"neighbourhood": neighbourhood[cells]}
     # the cell-level scales are fitted once, above; the neighbourhood is in their units
