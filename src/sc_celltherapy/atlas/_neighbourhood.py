@@ -89,7 +89,13 @@ def neighbourhood_median(cell_score: np.ndarray, neighbours: np.ndarray) -> np.n
 
 
 def held_out_neighbourhood(
-    counts, rows: np.ndarray, donors: np.ndarray, cell_score: np.ndarray, *, k=LOT_K, seed=0
+    counts,
+    rows: np.ndarray,
+    donors: np.ndarray,
+    cell_score: np.ndarray,
+    *,
+    k: int = LOT_K,
+    seed: int = 0,
 ) -> np.ndarray:
     """The neighbourhood component of held-out reference cells (``rows`` of ``counts``, with
     their ``donors`` and ``cell_score``): each donor's cells are one lot (neighbours among that
