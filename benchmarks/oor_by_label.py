@@ -1,0 +1,178 @@
+"""Probe for issue 26: would out-of-reference scores read per predicted label separate an
+unseen neighbouring state better? Not the package's method; a design check before changing it.
+
+The package's latent component is each cell's local outlier ratio over one held-out 99% quantile
+for all labels. Held-out cells of a sparse, heterogeneous label (a rare state, DN gdT) sit at
+higher ratios than those of a dense one (CD8 TEM), so one scale lets a cell of an unseen state
+that lands beside a dense label pass. Variants scored here, from the same mappings:
+
+- ``package``: ``sct_ref_oor_score`` as mapped (bundle format 7);
+- ``by_label``: the latent ratio over the held-out 99% quantile of the cells *predicted* the same
+  label (Mondrian conformal by predicted label; labels with fewer than ``MIN_CELLS`` held-out
+  predictions keep the pooled scale), then combined and taken over the lot neighbourhood as the
+  package does;
+- ``conf_weighted``: the package's score times ``2 - confidence`` (last session's lead);
+- ``both``: the two together.
+
+Cases (one-member bundles, 200 scVI epochs, seed 0, as ``oor_neighbourhood.py``): each
+leave-one-patient-out fold of ``cart_labelled_dev.h5ad`` with CD8 gdT left out of the reference,
+and the P01 fold's full reference with the unsorted marrow and blood samples (marker truth of
+``mapping.py``). Only AUROCs are reported: a variant worth adopting gets its threshold fitted on
+held-out donors in the package. ``by_label`` is also scored with ``MIN_CELLS`` 10 and 100, to
+show how much it leans on that constant. Run: ``python benchmarks/oor_by_label.py --work-dir
+DIR`` (about 45 min on 2 CPU cores; bundles are kept in DIR and reused, and a rerun maps
+again in a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, write_json  # noqa: E402
+from _mapping_child import BATCH_KEY, build_bundle  # noqa: E402
+from mapping import MARROW, OOR_LABEL, PATIENTS, SEED, fold, labelled_cells, write_foreign_query  # noqa: E402
+from oor_neighbourhood import BLOOD, EPOCHS  # noqa: E402
+
+MIN_CELLS = 30  # held-out cells predicted a label before it gets its own scale
+VARIANTS = ("package", "by_label", "conf_weighted", "both")
+
+
+def mapped(work: Path, name: str, ref, query_path: Path):
+    """The bundle of ``name`` (built once) and the lot at ``query_path`` mapped onto it."""
+    import anndata as ad
+
+    import sc_celltherapy as sct
+
+    path = work / f"bundle_{name}"
+    bundle = (
+        sct.atlas.load(path)
+        if (path / "bundle.json").exists()
+        else build_bundle(ref, path, SEED, EPOCHS, 1)
+    )
+    bundle = sct.atlas.load(bundle.path)
+    lot = ad.read_h5ad(query_path)
+    sct.tl.map_to_reference(lot, bundle, batch_key=BATCH_KEY, seed=SEED)
+    return bundle, lot
+
+
+def label_scales(bundle, min_cells: int) -> np.ndarray:
+    """Each label's held-out 99% quantile of the latent ratio among held-out cells predicted
+    that label (calibrated), the pooled scale where fewer than ``min_cells`` were."""
+    from sc_celltherapy.atlas._calibration import calibrate
+    from sc_celltherapy.atlas._novelty import oor_threshold
+
+    held = bundle.held_out_predictions()
+    cal = bundle.manifest["calibration"]
+    ok = np.isfinite(held["oor_latent"])
+    probs = calibrate(
+        held["probs"][ok],
+        cal,
+        latent_ratio=held["oor_latent"][ok],
+        marker_loglik=held["marker_loglik"][ok] if "marker_loglik" in held else None,
+    )
+    pred, latent = probs.argmax(axis=1), held["oor_latent"][ok]
+    pooled = bundle.manifest["oor"]["scales"]["latent"]
+    out = np.full(probs.shape[1], pooled)
+    for j in range(probs.shape[1]):
+        if (pred == j).sum() >= min_cells:
+            out[j] = oor_threshold(latent[pred == j], 0.99)[0]
+    return out
+
+
+def variant_scores(bundle, lot, min_cells: int) -> dict[str, np.ndarray]:
+    from sc_celltherapy.atlas import lot_neighbours
+    from sc_celltherapy.atlas._neighbourhood import neighbourhood_median
+
+    obs = lot.obs
+    scales = bundle.manifest["oor"]["scales"]
+    labels = list(bundle.manifest["labels"])
+    pred = np.array([labels.index(x) for x in obs["sct_ref_label"].astype(str)])
+    conf = obs["sct_ref_prob"].to_numpy()
+    expression = obs["sct_ref_oor_expression"].to_numpy() / scales["expression"]
+    latent = obs["sct_ref_oor_latent"].to_numpy()
+    neighbours = lot_neighbours(lot.X, seed=SEED)
+
+    def with_neighbourhood(cell: np.ndarray) -> np.ndarray:
+        return np.maximum(cell, neighbourhood_median(cell, neighbours))
+
+    by_label = np.maximum(latent / label_scales(bundle, min_cells)[pred], expression)
+    package_cell = np.maximum(latent / scales["latent"], expression)
+    return {
+        "package": obs["sct_ref_oor_score"].to_numpy(),
+        "by_label": with_neighbourhood(by_label),
+        "conf_weighted": with_neighbourhood(package_cell * (2 - conf)),
+        "both": with_neighbourhood(by_label * (2 - conf)),
+    }
+
+
+def aurocs(truth: np.ndarray, scores: dict) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    keep = truth >= 0
+    if len(np.unique(truth[keep])) < 2:
+        return {}
+    return {v: float(roc_auc_score(truth[keep], scores[v][keep])) for v in VARIANTS}
+
+
+def scored_cases(work: Path, min_cells: list[int]) -> dict[int, dict]:
+    """Each case mapped once; its variants' AUROCs for each ``min_cells``."""
+    cells = labelled_cells()
+    is_gdt = (cells.obs["CellType1"] == OOR_LABEL).to_numpy().astype(int)
+    pooled = {m: {v: np.zeros(cells.n_obs) for v in VARIANTS} for m in min_cells}
+    rows: dict[int, dict] = {m: {} for m in min_cells}
+    for p in PATIENTS:
+        ref, in_query = fold(cells, p, OOR_LABEL)
+        cells[in_query].copy().write_h5ad(work / f"query_{p}.h5ad")
+        bundle, lot = mapped(work, f"{p}_no_gdT", ref, work / f"query_{p}.h5ad")
+        for m in min_cells:
+            scores = variant_scores(bundle, lot, m)
+            for v in VARIANTS:
+                pooled[m][v][in_query] = scores[v]
+            rows[m][f"CD8 gdT left out, {p}"] = aurocs(is_gdt[in_query], scores)
+    for m in min_cells:
+        rows[m]["CD8 gdT left out (pooled)"] = aurocs(is_gdt, pooled[m])
+    ref, _ = fold(cells, "P01")
+    for sample, file in (("marrow", MARROW), ("blood", BLOOD)):
+        truth = write_foreign_query(work, file, sample, f"P01_{sample}")
+        bundle, lot = mapped(work, "P01_full", ref, work / f"query_{sample}.h5ad")
+        for m in min_cells:
+            rows[m][f"{sample}: marker truth"] = aurocs(truth, variant_scores(bundle, lot, m))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument(
+        "--min-cells",
+        type=int,
+        nargs="+",
+        default=[MIN_CELLS, 10, 100],
+        help="held-out predictions a label needs for its own scale (the first is the main "
+        "setting; the others show how much the figures lean on it)",
+    )
+    args = parser.parse_args()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    rows = scored_cases(args.work_dir, args.min_cells)
+    for m in args.min_cells:
+        print(f"\nmin_cells {m}\n{'case':<30}" + "".join(f"{v:>14}" for v in VARIANTS))
+        for case, r in rows[m].items():
+            print(f"{case:<30}" + "".join(f"{r.get(v, float('nan')):>14.3f}" for v in VARIANTS))
+    result = {
+        "protocol": __doc__,
+        "seed": SEED,
+        "min_cells": args.min_cells[0],
+        "rows": rows[args.min_cells[0]],
+        "rows_by_min_cells": {str(m): rows[m] for m in args.min_cells},
+        "machine": machine(),
+    }
+    print(f"wrote {write_json('oor_by_label', result)}")
+
+
+if __name__ == "__main__":
+    main()
