@@ -17,8 +17,10 @@ that lands beside a dense label pass. Variants scored here, from the same mappin
 Cases (one-member bundles, 200 scVI epochs, seed 0, as ``oor_neighbourhood.py``): each
 leave-one-patient-out fold of ``cart_labelled_dev.h5ad`` with CD8 gdT left out of the reference,
 and the P01 fold's full reference with the unsorted marrow and blood samples (marker truth of
-``mapping.py``). Only AUROCs are reported: a variant worth adopting gets its threshold fitted on
-held-out donors in the package. ``by_label`` is also scored with ``MIN_CELLS`` 10 and 100, to
+``mapping.py``). Reported: each variant's AUROC, and at the cell level (no neighbourhood) the share of each side
+called out of reference at the package's and the by-label score's own split-conformal 99%
+threshold on the bundle's held-out cells (a variant worth adopting gets its full threshold,
+neighbourhood included, fitted on held-out donors in the package). ``by_label`` is also scored with ``MIN_CELLS`` 10 and 100, to
 show how much it leans on that constant. Run: ``python benchmarks/oor_by_label.py --work-dir
 DIR`` (about 45 min on 2 CPU cores; bundles are kept in DIR and reused, and a rerun maps
 again in a few minutes).
@@ -60,9 +62,11 @@ def mapped(work: Path, name: str, ref, query_path: Path):
     return bundle, lot
 
 
-def label_scales(bundle, min_cells: int) -> np.ndarray:
+def label_scales(bundle, min_cells: int) -> tuple[np.ndarray, dict[str, float]]:
     """Each label's held-out 99% quantile of the latent ratio among held-out cells predicted
-    that label (calibrated), the pooled scale where fewer than ``min_cells`` were."""
+    that label (calibrated), the pooled scale where fewer than ``min_cells`` were; and the
+    split-conformal 99% thresholds of the cell-level scores (package and by label) on the same
+    held-out cells."""
     from sc_celltherapy.atlas._calibration import calibrate
     from sc_celltherapy.atlas._novelty import oor_threshold
 
@@ -76,12 +80,17 @@ def label_scales(bundle, min_cells: int) -> np.ndarray:
         marker_loglik=held["marker_loglik"][ok] if "marker_loglik" in held else None,
     )
     pred, latent = probs.argmax(axis=1), held["oor_latent"][ok]
-    pooled = bundle.manifest["oor"]["scales"]["latent"]
-    out = np.full(probs.shape[1], pooled)
+    scales = bundle.manifest["oor"]["scales"]
+    out = np.full(probs.shape[1], scales["latent"])
     for j in range(probs.shape[1]):
         if (pred == j).sum() >= min_cells:
             out[j] = oor_threshold(latent[pred == j], 0.99)[0]
-    return out
+    expression = held["oor_expression"][ok] / scales["expression"]
+    thresholds = {
+        "package": np.maximum(latent / scales["latent"], expression),
+        "by_label": np.maximum(latent / out[pred], expression),
+    }
+    return out, {v: oor_threshold(x, 0.99)[0] for v, x in thresholds.items()}
 
 
 def variant_scores(bundle, lot, min_cells: int) -> dict[str, np.ndarray]:
@@ -100,9 +109,13 @@ def variant_scores(bundle, lot, min_cells: int) -> dict[str, np.ndarray]:
     def with_neighbourhood(cell: np.ndarray) -> np.ndarray:
         return np.maximum(cell, neighbourhood_median(cell, neighbours))
 
-    by_label = np.maximum(latent / label_scales(bundle, min_cells)[pred], expression)
+    per_label, thresholds = label_scales(bundle, min_cells)
+    by_label = np.maximum(latent / per_label[pred], expression)
     package_cell = np.maximum(latent / scales["latent"], expression)
     return {
+        # cell level (no neighbourhood), called at each score's own held-out threshold
+        "called_cell_package": package_cell > thresholds["package"],
+        "called_cell_by_label": by_label > thresholds["by_label"],
         "package": obs["sct_ref_oor_score"].to_numpy(),
         "by_label": with_neighbourhood(by_label),
         "conf_weighted": with_neighbourhood(package_cell * (2 - conf)),
@@ -111,19 +124,26 @@ def variant_scores(bundle, lot, min_cells: int) -> dict[str, np.ndarray]:
 
 
 def aurocs(truth: np.ndarray, scores: dict) -> dict:
+    """AUROC of each variant for truth 1 against 0, and the share of each side called out of
+    reference at the cell level by the package's and the by-label threshold."""
     from sklearn.metrics import roc_auc_score
 
     keep = truth >= 0
     if len(np.unique(truth[keep])) < 2:
         return {}
-    return {v: float(roc_auc_score(truth[keep], scores[v][keep])) for v in VARIANTS}
+    called = {
+        f"{c[7:]} ({side})": float(scores[c][truth == t].mean())
+        for c in ("called_cell_package", "called_cell_by_label")
+        for side, t in (("positive", 1), ("negative", 0))
+    }
+    return {v: float(roc_auc_score(truth[keep], scores[v][keep])) for v in VARIANTS} | called
 
 
 def scored_cases(work: Path, min_cells: list[int]) -> dict[int, dict]:
     """Each case mapped once; its variants' AUROCs for each ``min_cells``."""
     cells = labelled_cells()
     is_gdt = (cells.obs["CellType1"] == OOR_LABEL).to_numpy().astype(int)
-    pooled = {m: {v: np.zeros(cells.n_obs) for v in VARIANTS} for m in min_cells}
+    pooled: dict[int, dict] = {m: {} for m in min_cells}
     rows: dict[int, dict] = {m: {} for m in min_cells}
     for p in PATIENTS:
         ref, in_query = fold(cells, p, OOR_LABEL)
@@ -131,8 +151,8 @@ def scored_cases(work: Path, min_cells: list[int]) -> dict[int, dict]:
         bundle, lot = mapped(work, f"{p}_no_gdT", ref, work / f"query_{p}.h5ad")
         for m in min_cells:
             scores = variant_scores(bundle, lot, m)
-            for v in VARIANTS:
-                pooled[m][v][in_query] = scores[v]
+            for v, x in scores.items():
+                pooled[m].setdefault(v, np.zeros(cells.n_obs, x.dtype))[in_query] = x
             rows[m][f"CD8 gdT left out, {p}"] = aurocs(is_gdt[in_query], scores)
     for m in min_cells:
         rows[m]["CD8 gdT left out (pooled)"] = aurocs(is_gdt, pooled[m])
@@ -163,6 +183,9 @@ def main() -> None:
         print(f"\nmin_cells {m}\n{'case':<30}" + "".join(f"{v:>14}" for v in VARIANTS))
         for case, r in rows[m].items():
             print(f"{case:<30}" + "".join(f"{r.get(v, float('nan')):>14.3f}" for v in VARIANTS))
+        print("called out of reference at the cell level, held-out 99% thresholds")
+        for case, r in rows[m].items():
+            print(f"  {case:<30} " + ", ".join(f"{k} {v:.1%}" for k, v in r.items() if "(" in k))
     result = {
         "protocol": __doc__,
         "seed": SEED,
