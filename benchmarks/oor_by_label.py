@@ -48,52 +48,35 @@ MIN_CELLS = 30  # held-out cells predicted a label before it gets its own scale
 VARIANTS = ("package", "by_label", "conf_weighted", "both")
 
 
-def mapped(work: Path, name: str, ref, query_path: Path):
-    """The bundle of ``name`` (built once) and the lot at ``query_path`` mapped onto it."""
-    import anndata as ad
-
+def kept_bundle(work: Path, name: str, ref):
+    """The one-member bundle of ``name`` on ``ref``, built once and kept in ``work``."""
     import sc_celltherapy as sct
 
     path = work / f"bundle_{name}"
     if not (path / "bundle.json").exists():
         build_bundle(ref, path, SEED, EPOCHS, 1)
-    bundle = sct.atlas.load(path)
-    lot = ad.read_h5ad(query_path)
+    return sct.atlas.load(path)
+
+
+def mapped_lot(bundle, path: Path):
+    """The lot at ``path`` mapped onto ``bundle``, with its own neighbours."""
+    import anndata as ad
+
+    import sc_celltherapy as sct
+    from sc_celltherapy.atlas import lot_neighbours
+
+    lot = ad.read_h5ad(path)
     sct.tl.map_to_reference(lot, bundle, batch_key=BATCH_KEY, seed=SEED)
-    return bundle, lot
+    return lot, lot_neighbours(lot.X, seed=SEED)
 
 
-def label_scales(bundle, min_cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each label's held-out 99% quantile of the latent ratio among held-out cells predicted
-    that label (calibrated), the pooled scale where fewer than ``min_cells`` were; and each
-    held-out cell's predicted label."""
-    from sc_celltherapy.atlas._calibration import calibrate
-    from sc_celltherapy.atlas._novelty import oor_threshold
-
-    held = bundle.held_out_predictions()
-    latent = held["oor_latent"]
-    probs = calibrate(
-        held["probs"],
-        bundle.manifest["calibration"],
-        latent_ratio=latent,
-        marker_loglik=held["marker_loglik"],
-    )
-    pred = probs.argmax(axis=1)
-    out = np.full(probs.shape[1], bundle.manifest["oor"]["scales"]["latent"])
-    for j in range(probs.shape[1]):
-        if (pred == j).sum() >= min_cells:
-            out[j] = oor_threshold(latent[pred == j], 0.99)[0]
-    return out, pred
-
-
-def held_out_rows(bundle, ref) -> np.ndarray:
+def held_out_rows(bundle, ref, held: dict) -> np.ndarray:
     """The rows of ``ref`` (the reference the bundle was built on) that the bundle's stored
-    held-out predictions belong to: each donor's cells whose label its fold's models knew
-    (held by at least ``k`` cells of the other donors; ``k`` found by matching labels and donors
-    exactly, or an error)."""
+    held-out predictions ``held`` belong to: each donor's cells whose label its fold's models
+    knew (held by at least ``k`` cells of the other donors; ``k`` found by matching labels and
+    donors exactly, or an error)."""
     import pandas as pd
 
-    held = bundle.held_out_predictions()
     labels = list(bundle.manifest["labels"])
     truth = ref.obs["CellType1"].astype(str).to_numpy()
     donors = ref.obs[BATCH_KEY].astype(str).to_numpy()
@@ -112,33 +95,48 @@ def held_out_rows(bundle, ref) -> np.ndarray:
     raise RuntimeError("the held-out predictions do not match the reference's cells")
 
 
-def thresholds(bundle, ref, per_label: np.ndarray, held_pred: np.ndarray) -> dict[str, float]:
-    """Split-conformal 99% thresholds of the package's and the by-label combined score (cell
-    level and lot neighbourhood) on the bundle's held-out cells, each donor's held-out cells
-    one lot, as ``atlas.build`` fits them. The package's must reproduce the bundle's."""
+def by_label_fits(bundle, ref, min_cells: list[int]) -> dict[int, tuple[np.ndarray, float]]:
+    """For each ``min_cells``: each label's scale (the held-out 99% quantile of the latent ratio
+    among held-out cells predicted that label, calibrated; the pooled scale where fewer than
+    ``min_cells`` were) and the by-label score's split-conformal 99% threshold, cell level and
+    lot neighbourhood, each donor's held-out cells one lot, as ``atlas.build`` fits the
+    package's. The package's threshold, fitted the same way, must reproduce the bundle's."""
+    from sc_celltherapy.atlas._calibration import calibrate
     from sc_celltherapy.atlas._neighbourhood import held_out_neighbourhood
     from sc_celltherapy.atlas._novelty import lineage_genes, oor_threshold
 
     held = bundle.held_out_predictions()
-    rows = held_out_rows(bundle, ref)
+    rows = held_out_rows(bundle, ref, held)
     counts = sp.csr_matrix(ref.X)[:, np.flatnonzero(lineage_genes(ref.var_names))]
-    scales = bundle.manifest["oor"]["scales"]
+    latent, scales = held["oor_latent"], bundle.manifest["oor"]["scales"]
     expression = held["oor_expression"] / scales["expression"]
-    cell = {
-        "package": np.maximum(held["oor_latent"] / scales["latent"], expression),
-        "by_label": np.maximum(held["oor_latent"] / per_label[held_pred], expression),
-    }
-    out = {}
-    for v, c in cell.items():
-        nb = held_out_neighbourhood(counts, rows, held["donors"], c, seed=SEED)
-        out[v] = oor_threshold(np.maximum(c, nb), 0.99)[0]
-    if not np.isclose(out["package"], bundle.manifest["oor"]["threshold"]):
+    pred = calibrate(
+        held["probs"],
+        bundle.manifest["calibration"],
+        latent_ratio=latent,
+        marker_loglik=held["marker_loglik"],
+    ).argmax(axis=1)
+
+    def threshold(cell: np.ndarray) -> float:
+        nb = held_out_neighbourhood(counts, rows, held["donors"], cell, seed=SEED)
+        return oor_threshold(np.maximum(cell, nb), 0.99)[0]
+
+    if not np.isclose(
+        threshold(np.maximum(latent / scales["latent"], expression)),
+        bundle.manifest["oor"]["threshold"],
+    ):
         raise RuntimeError("the package's threshold was not reproduced")
+    out = {}
+    for m in min_cells:
+        per_label = np.full(held["probs"].shape[1], scales["latent"])
+        for j in range(per_label.size):
+            if (pred == j).sum() >= m:
+                per_label[j] = oor_threshold(latent[pred == j], 0.99)[0]
+        out[m] = per_label, threshold(np.maximum(latent / per_label[pred], expression))
     return out
 
 
-def variant_scores(bundle, ref, lot, min_cells: int) -> dict[str, np.ndarray]:
-    from sc_celltherapy.atlas import lot_neighbours
+def variant_scores(bundle, lot, neighbours, per_label, threshold) -> dict[str, np.ndarray]:
     from sc_celltherapy.atlas._neighbourhood import neighbourhood_median
 
     obs = lot.obs
@@ -148,13 +146,10 @@ def variant_scores(bundle, ref, lot, min_cells: int) -> dict[str, np.ndarray]:
     conf = obs["sct_ref_prob"].to_numpy()
     expression = obs["sct_ref_oor_expression"].to_numpy() / scales["expression"]
     latent = obs["sct_ref_oor_latent"].to_numpy()
-    neighbours = lot_neighbours(lot.X, seed=SEED)
 
     def with_neighbourhood(cell: np.ndarray) -> np.ndarray:
         return np.maximum(cell, neighbourhood_median(cell, neighbours))
 
-    per_label, held_pred = label_scales(bundle, min_cells)
-    threshold = thresholds(bundle, ref, per_label, held_pred)
     by_label_cell = np.maximum(latent / per_label[pred], expression)
     by_label = with_neighbourhood(by_label_cell)
     package_cell = np.maximum(latent / scales["latent"], expression)
@@ -165,7 +160,7 @@ def variant_scores(bundle, ref, lot, min_cells: int) -> dict[str, np.ndarray]:
         "both": with_neighbourhood(by_label_cell * (2 - conf)),
         # called out of reference, each score at its own held-out threshold
         "called_package": obs["sct_ref_unassigned"].to_numpy(),
-        "called_by_label": by_label > threshold["by_label"],
+        "called_by_label": by_label > threshold,
     }
 
 
@@ -194,20 +189,24 @@ def scored_cases(work: Path, min_cells: list[int]) -> dict[int, dict]:
     for p in PATIENTS:
         ref, in_query = fold(cells, p, OOR_LABEL)
         cells[in_query].copy().write_h5ad(work / f"query_{p}.h5ad")
-        bundle, lot = mapped(work, f"{p}_no_gdT", ref, work / f"query_{p}.h5ad")
-        for m in min_cells:
-            scores = variant_scores(bundle, ref, lot, m)
+        bundle = kept_bundle(work, f"{p}_no_gdT", ref)
+        lot, neighbours = mapped_lot(bundle, work / f"query_{p}.h5ad")
+        for m, fit in by_label_fits(bundle, ref, min_cells).items():
+            scores = variant_scores(bundle, lot, neighbours, *fit)
             for v, x in scores.items():
                 pooled[m].setdefault(v, np.zeros(cells.n_obs, x.dtype))[in_query] = x
             rows[m][f"CD8 gdT left out, {p}"] = aurocs(is_gdt[in_query], scores)
     for m in min_cells:
         rows[m]["CD8 gdT left out (pooled)"] = aurocs(is_gdt, pooled[m])
     ref, _ = fold(cells, "P01")
+    bundle = kept_bundle(work, "P01_full", ref)
+    fits = by_label_fits(bundle, ref, min_cells)
     for sample, file in (("marrow", MARROW), ("blood", BLOOD)):
         truth = write_foreign_query(work, file, sample, f"P01_{sample}")
-        bundle, lot = mapped(work, "P01_full", ref, work / f"query_{sample}.h5ad")
-        for m in min_cells:
-            rows[m][f"{sample}: marker truth"] = aurocs(truth, variant_scores(bundle, ref, lot, m))
+        lot, neighbours = mapped_lot(bundle, work / f"query_{sample}.h5ad")
+        for m, fit in fits.items():
+            scores = variant_scores(bundle, lot, neighbours, *fit)
+            rows[m][f"{sample}: marker truth"] = aurocs(truth, scores)
     return rows
 
 
